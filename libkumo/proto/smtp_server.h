@@ -9,6 +9,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Defaults for the limits below, and the bound on buffered unparsed input. */
+#define KUMO_SMTP_DEFAULT_MAX_LINE 512
+#define KUMO_SMTP_DEFAULT_MAX_RECIPIENTS 100
+#define KUMO_SMTP_DEFAULT_MAX_MESSAGE_SIZE ((size_t)50 * 1024 * 1024)
+#define KUMO_SMTP_DEFAULT_MAX_MESSAGES 1000
+#define KUMO_SMTP_DEFAULT_MAX_ERRORS 20
+#define KUMO_SMTP_DEFAULT_COMMAND_TIMEOUT_MS 300000
+#define KUMO_SMTP_DEFAULT_DATA_TIMEOUT_MS 180000
+#define KUMO_SMTP_INPUT_MAX 65536 /* unparsed input held (at least max_line) */
+
 /* Limits; zero in a field means "use the default" given after it. */
 struct kumo_smtp_limits {
 	size_t max_line;          /* command line, CRLF included: 512 (RFC 5321 4.5.3.1.4) */
@@ -26,6 +36,9 @@ enum kumo_smtp_bare_eol {
 	KUMO_SMTP_BARE_EOL_REJECT = 0, /* message refused with 550 5.6.0 at end of data */
 	KUMO_SMTP_BARE_EOL_NORMALIZE,  /* bare CR or LF stored as CRLF */
 };
+/* The same policy applies to BDAT chunks (a CR ending one chunk pairs with an LF starting
+ * the next) and to command lines: REJECT answers a command line ending in a bare LF with
+ * 500 5.5.2, NORMALIZE takes a bare LF as the end of a command line. */
 
 struct kumo_smtp_server_cfg {
 	const char *hostname;          /* in the greeting and EHLO reply; copied */
@@ -52,6 +65,8 @@ struct kumo_smtp_rcpt {
 	const char *orcpt;  /* ORCPT value as received ("rfc822;x@y", xtext kept), or NULL */
 };
 
+/* Outside a transaction (before MAIL, after its refusal) sender is NULL and nrcpt 0. The
+ * rcpts array may move when a recipient is added; re-read it through the txn. */
 struct kumo_smtp_txn {
 	const char *sender;       /* reverse-path without brackets; "" for the null sender */
 	enum kumo_smtp_body body;
@@ -72,7 +87,8 @@ enum kumo_smtp_ev_type {
 	KUMO_SMTP_EV_MAIL,     /* decision: accept or reply; sender is in the txn */
 	KUMO_SMTP_EV_RCPT,     /* decision: ev.rcpt is the candidate recipient */
 	KUMO_SMTP_EV_MESSAGE,  /* decision: the whole txn including data (DATA end or BDAT LAST) */
-	KUMO_SMTP_EV_RESET,    /* informational: the transaction was dropped (RSET, HELO, error) */
+	KUMO_SMTP_EV_RESET,    /* informational: the transaction was dropped (RSET, HELO/EHLO
+				* during a transaction, message data refused by the machine) */
 	KUMO_SMTP_EV_CLOSE,    /* the connection must close once the output is written */
 };
 
@@ -94,9 +110,10 @@ int kumo_smtp_server_new(const struct kumo_smtp_server_cfg *cfg, uint64_t now_ms
 			 struct kumo_smtp_server **out);
 void kumo_smtp_server_free(struct kumo_smtp_server *s);
 
-/* Queues the greeting: 220 <hostname> ESMTP ready. */
+/* Queues the greeting: 220 <hostname> ESMTP ready. Nothing is parsed before greet(). */
 void kumo_smtp_server_greet(struct kumo_smtp_server *s);
-/* Queues a refusal instead of the greeting (e.g. 554 5.7.1) and a CLOSE event. */
+/* Queues a refusal instead of the greeting (e.g. 554 5.7.1) and a CLOSE event. A code
+ * outside 400-599 becomes 554; enhanced may be NULL; text may hold lines split by '\n'. */
 void kumo_smtp_server_refuse(struct kumo_smtp_server *s, int code, const char *enhanced,
 			     const char *text);
 
@@ -105,18 +122,25 @@ void kumo_smtp_server_refuse(struct kumo_smtp_server *s, int code, const char *e
  * input as it will buffer: stop reading until next() has run), input_commit() says how
  * many were written there. */
 int kumo_smtp_server_push(struct kumo_smtp_server *s, const void *buf, size_t len);
+/* push() returns 0, -ENOBUFS when len exceeds the free space (nothing is copied), -ENOMEM,
+ * or -EPIPE once CLOSE is queued (input is no longer wanted). */
 void *kumo_smtp_server_input_space(struct kumo_smtp_server *s, size_t *len);
 void kumo_smtp_server_input_commit(struct kumo_smtp_server *s, size_t n);
 /* The peer closed its side; pending input is still processed, then CLOSE. */
 void kumo_smtp_server_input_eof(struct kumo_smtp_server *s);
 
 /* Parses buffered input and returns the next event (KUMO_SMTP_EV_NONE when it needs more
- * input or waits for a decision). Replies accumulate in the output buffer. */
+ * input or waits for a decision). Replies accumulate in the output buffer; parsing also
+ * pauses while 64 KiB of output are unconsumed. Returns 0, or -ENOMEM: the output may be
+ * incomplete and the connection should be dropped. */
 int kumo_smtp_server_next(struct kumo_smtp_server *s, uint64_t now_ms, struct kumo_smtp_ev *ev);
 
 /* Decisions on MAIL, RCPT and MESSAGE. accept() sends the standard 250 reply;
  * reply() sends the given reply (code 2xx accepts, 4xx/5xx refuses); text may hold
- * several lines separated by '\n'. Calling either with no decision pending is -EINVAL. */
+ * several lines separated by '\n'. Calling either with no decision pending is -EINVAL.
+ * reply(): code must be 200-299 or 400-599; enhanced is "c.sss.ddd" with c the code's
+ * class, or NULL for "c.0.0"; control characters in text become spaces. A 421 also queues
+ * CLOSE. Returns 0 or -EINVAL. */
 int kumo_smtp_server_accept(struct kumo_smtp_server *s);
 int kumo_smtp_server_reply(struct kumo_smtp_server *s, int code, const char *enhanced,
 			   const char *text);

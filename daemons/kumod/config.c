@@ -1,0 +1,434 @@
+/* Reads kumod.toml into engine and listener configs. Strict: an unknown key, a value of
+ * the wrong type or out of range is an error naming the file, line and key. The embedded
+ * default config is parsed by the same code. */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/toml.h"
+
+const char kumod_default_config[] =
+	"# kumod's embedded default configuration\n"
+	"[[listener]]\n"
+	"smtp = \"127.0.0.1:2525\"\n"
+	"relay_hosts = [\"127.0.0.0/8\", \"::1\"]\n"
+	"[spool]\n"
+	"path = \"var/spool\"\n"
+	"[log]\n"
+	"path = \"var/log\"\n";
+
+struct ctx {
+	const char *file;
+	char *err;
+	size_t errcap;
+};
+
+static int fail(struct ctx *x, const struct kumo_toml_value *v, const char *key,
+		const char *fmt, const char *arg)
+{
+	char msg[256];
+	snprintf(msg, sizeof(msg), fmt, arg);
+	snprintf(x->err, x->errcap, "%s:%d: key '%s': %s", x->file, kumo_toml_line(v), key, msg);
+	return -EINVAL;
+}
+
+long long kumod_parse_duration_ms(const char *s)
+{
+	char *end;
+	double v = strtod(s, &end);
+	if (end == s || v < 0)
+		return -1;
+	while (*end == ' ')
+		end++;
+	double mult = 1000;
+	if (!*end || !strcmp(end, "s") || !strcmp(end, "sec") || !strcmp(end, "seconds"))
+		mult = 1000;
+	else if (!strcmp(end, "ms"))
+		mult = 1;
+	else if (!strcmp(end, "m") || !strcmp(end, "min") || !strcmp(end, "minutes"))
+		mult = 60000;
+	else if (!strcmp(end, "h") || !strcmp(end, "hours"))
+		mult = 3600000;
+	else if (!strcmp(end, "d") || !strcmp(end, "days"))
+		mult = 86400000;
+	else
+		return -1;
+	return (long long)(v * mult);
+}
+
+long long kumod_parse_size(const char *s)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (end == s || errno || *s == '-')
+		return -1;
+	while (*end == ' ')
+		end++;
+	unsigned long long mult = 1;
+	switch (toupper((unsigned char)*end)) {
+	case 0: break;
+	case 'K': mult = 1ULL << 10; end++; break;
+	case 'M': mult = 1ULL << 20; end++; break;
+	case 'G': mult = 1ULL << 30; end++; break;
+	default: return -1;
+	}
+	if (mult > 1 && (*end == 'i' || *end == 'I'))
+		end++;
+	if (mult > 1 && (*end == 'B' || *end == 'b'))
+		end++;
+	if (*end || v > (1ULL << 40))
+		return -1;
+	return (long long)(v * mult);
+}
+
+/* Every key of table t must be in allowed (NULL-terminated). */
+static int only_keys(struct ctx *x, const struct kumo_toml_value *t, const char *prefix,
+		     const char *const *allowed)
+{
+	for (size_t i = 0; i < kumo_toml_count(t); i++) {
+		const char *k = kumo_toml_key_at(t, i);
+		bool ok = false;
+		for (const char *const *a = allowed; *a && !ok; a++)
+			ok = strcmp(*a, k) == 0;
+		if (!ok) {
+			char full[256];
+			snprintf(full, sizeof(full), "%s%s", prefix, k);
+			return fail(x, kumo_toml_at(t, i), full, "unknown key%s", "");
+		}
+	}
+	return 0;
+}
+
+static int get_string(struct ctx *x, const struct kumo_toml_value *t, const char *key,
+		      const char *name, const char **out)
+{
+	const struct kumo_toml_value *v = kumo_toml_get(t, key);
+	if (!v)
+		return 0;
+	if (kumo_toml_type(v) != KUMO_TOML_STRING)
+		return fail(x, v, name, "expected a string, got %s",
+			    kumo_toml_type_name(kumo_toml_type(v)));
+	*out = kumo_toml_string(v, NULL);
+	return 0;
+}
+
+static int get_uint(struct ctx *x, const struct kumo_toml_value *t, const char *key,
+		    const char *name, long long max, long long *out)
+{
+	const struct kumo_toml_value *v = kumo_toml_get(t, key);
+	int64_t n;
+	if (!v)
+		return 0;
+	if (kumo_toml_int(v, &n) < 0)
+		return fail(x, v, name, "expected an integer, got %s",
+			    kumo_toml_type_name(kumo_toml_type(v)));
+	if (n < 0 || n > max)
+		return fail(x, v, name, "out of range%s", "");
+	*out = n;
+	return 0;
+}
+
+/* A duration: a string with a unit ("5m") or an integer number of seconds. */
+static int get_duration(struct ctx *x, const struct kumo_toml_value *t, const char *key,
+			const char *name, uint32_t *out_ms)
+{
+	const struct kumo_toml_value *v = kumo_toml_get(t, key);
+	int64_t n;
+	long long ms;
+	if (!v)
+		return 0;
+	if (kumo_toml_int(v, &n) == 0)
+		ms = n >= 0 ? n * 1000 : -1;
+	else if (kumo_toml_type(v) == KUMO_TOML_STRING)
+		ms = kumod_parse_duration_ms(kumo_toml_string(v, NULL));
+	else
+		ms = -1;
+	if (ms <= 0 || ms > 86400000LL * 30)
+		return fail(x, v, name, "expected a duration such as \"30s\", \"5m\"%s", "");
+	*out_ms = (uint32_t)ms;
+	return 0;
+}
+
+/* A size: an integer of bytes or a string with a unit ("50MB"). */
+static int get_size(struct ctx *x, const struct kumo_toml_value *t, const char *key,
+		    const char *name, size_t *out)
+{
+	const struct kumo_toml_value *v = kumo_toml_get(t, key);
+	int64_t n;
+	long long b;
+	if (!v)
+		return 0;
+	if (kumo_toml_int(v, &n) == 0)
+		b = n;
+	else if (kumo_toml_type(v) == KUMO_TOML_STRING)
+		b = kumod_parse_size(kumo_toml_string(v, NULL));
+	else
+		b = -1;
+	if (b <= 0 || b > (1LL << 32))
+		return fail(x, v, name, "expected a size such as 10240 or \"50MB\"%s", "");
+	*out = (size_t)b;
+	return 0;
+}
+
+static int get_string_array(struct ctx *x, const struct kumo_toml_value *t, const char *key,
+			    const char *name, const char **out, size_t cap, size_t *n,
+			    int (*check)(const char *))
+{
+	const struct kumo_toml_value *v = kumo_toml_get(t, key);
+	if (!v)
+		return 0;
+	if (kumo_toml_type(v) != KUMO_TOML_ARRAY)
+		return fail(x, v, name, "expected an array of strings%s", "");
+	if (kumo_toml_count(v) > cap)
+		return fail(x, v, name, "too many entries%s", "");
+	for (size_t i = 0; i < kumo_toml_count(v); i++) {
+		const char *s = kumo_toml_string(kumo_toml_at(v, i), NULL);
+		if (!s || kumo_toml_type(kumo_toml_at(v, i)) != KUMO_TOML_STRING)
+			return fail(x, v, name, "expected an array of strings%s", "");
+		if (check && check(s) < 0)
+			return fail(x, v, name, "invalid entry \"%s\"", s);
+		out[i] = s;
+	}
+	*n = kumo_toml_count(v);
+	return 0;
+}
+
+static int domain_check(const char *s)
+{
+	return *s && !strchr(s, '@') && !strchr(s, ' ') ? 0 : -EINVAL;
+}
+
+static const char *const listener_keys[] = {
+	"smtp", "hostname", "relay_hosts", "local_domains", "max_line_length",
+	"max_recipients_per_message", "max_message_size", "max_messages_per_connection",
+	"command_timeout", "data_timeout", "bare_line_ending", NULL};
+
+static int listener_limits(struct ctx *x, const struct kumo_toml_value *t,
+			   struct kumo_listener_cfg *c)
+{
+	long long v = 0;
+	int err;
+	if ((err = get_uint(x, t, "max_line_length", "listener.max_line_length", 65536, &v)))
+		return err;
+	if (v && v < 512)
+		return fail(x, kumo_toml_get(t, "max_line_length"), "listener.max_line_length",
+			    "must be at least 512 (RFC 5321 4.5.3.1.4)%s", "");
+	c->max_line = (size_t)v;
+	v = 0;
+	if ((err = get_uint(x, t, "max_recipients_per_message",
+			    "listener.max_recipients_per_message", 100000, &v)))
+		return err;
+	c->max_recipients = (size_t)v;
+	v = 0;
+	if ((err = get_uint(x, t, "max_messages_per_connection",
+			    "listener.max_messages_per_connection", 10000000, &v)))
+		return err;
+	c->max_messages = (unsigned)v;
+	if ((err = get_size(x, t, "max_message_size", "listener.max_message_size",
+			    &c->max_message_size)) ||
+	    (err = get_duration(x, t, "command_timeout", "listener.command_timeout",
+				&c->command_timeout_ms)) ||
+	    (err = get_duration(x, t, "data_timeout", "listener.data_timeout",
+				&c->data_timeout_ms)))
+		return err;
+	const char *bare = NULL;
+	if ((err = get_string(x, t, "bare_line_ending", "listener.bare_line_ending", &bare)))
+		return err;
+	if (bare && strcmp(bare, "reject") && strcmp(bare, "normalize"))
+		return fail(x, kumo_toml_get(t, "bare_line_ending"), "listener.bare_line_ending",
+			    "expected \"reject\" or \"normalize\", got \"%s\"", bare);
+	c->bare_eol = bare && !strcmp(bare, "normalize") ? KUMO_BARE_EOL_NORMALIZE
+							 : KUMO_BARE_EOL_REJECT;
+	return 0;
+}
+
+static int one_listener(struct ctx *x, const struct kumo_toml_value *t, struct kumod_listener *l)
+{
+	int err;
+	struct kumo_listener_cfg *c = &l->cfg;
+	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
+		return fail(x, t, "listener", "expected [[listener]] tables%s", "");
+	if ((err = only_keys(x, t, "listener.", listener_keys)))
+		return err;
+	if ((err = get_string(x, t, "smtp", "listener.smtp", &c->address)))
+		return err;
+	if (!c->address)
+		return fail(x, t, "listener.smtp", "missing: each [[listener]] needs smtp = "
+			    "\"ip:port\"%s", "");
+	if (kumo_address_check(c->address) < 0)
+		return fail(x, kumo_toml_get(t, "smtp"), "listener.smtp",
+			    "expected \"ip:port\" or \"[ipv6]:port\", got \"%s\"", c->address);
+	if ((err = get_string(x, t, "hostname", "listener.hostname", &c->hostname)))
+		return err;
+	size_t n = 0;
+	if ((err = get_string_array(x, t, "relay_hosts", "listener.relay_hosts", l->relay, 64, &n,
+				    kumo_cidr_check)))
+		return err;
+	if (kumo_toml_get(t, "relay_hosts")) {
+		c->relay_hosts = l->relay;
+		c->nrelay_hosts = n;
+	}
+	if ((err = get_string_array(x, t, "local_domains", "listener.local_domains", l->domains,
+				    256, &c->nlocal_domains, domain_check)))
+		return err;
+	c->local_domains = l->domains;
+	return listener_limits(x, t, c);
+}
+
+static int listeners(struct ctx *x, const struct kumo_toml_value *root, struct kumod_config *c)
+{
+	const struct kumo_toml_value *arr = kumo_toml_get(root, "listener");
+	if (!arr)
+		return 0;
+	if (kumo_toml_type(arr) != KUMO_TOML_ARRAY)
+		return fail(x, arr, "listener", "expected [[listener]] tables%s", "");
+	if (kumo_toml_count(arr) > KUMOD_MAX_LISTENERS)
+		return fail(x, arr, "listener", "too many listeners%s", "");
+	for (size_t i = 0; i < kumo_toml_count(arr); i++) {
+		int err = one_listener(x, kumo_toml_at(arr, i), &c->listeners[i]);
+		if (err)
+			return err;
+		c->nlisteners = i + 1;
+	}
+	return 0;
+}
+
+/* A [section] with string keys only: each named key is stored through its pointer. */
+static int string_section(struct ctx *x, const struct kumo_toml_value *root, const char *name,
+			  const char *const *keys, const char **outs[])
+{
+	const struct kumo_toml_value *t = kumo_toml_get(root, name);
+	if (!t)
+		return 0;
+	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
+		return fail(x, t, name, "expected a table%s", "");
+	char prefix[64];
+	snprintf(prefix, sizeof(prefix), "%s.", name);
+	int err = only_keys(x, t, prefix, keys);
+	for (size_t i = 0; !err && keys[i]; i++) {
+		char full[128];
+		snprintf(full, sizeof(full), "%s.%s", name, keys[i]);
+		err = get_string(x, t, keys[i], full, outs[i]);
+	}
+	return err;
+}
+
+static int engine_section(struct ctx *x, const struct kumo_toml_value *root,
+			  struct kumo_engine_cfg *e)
+{
+	static const char *const keys[] = {"threads", "hostname", "nodeid", "max_connections",
+					   "shutdown_grace", NULL};
+	const struct kumo_toml_value *t = kumo_toml_get(root, "engine");
+	long long v = 0;
+	int err;
+	if (!t)
+		return 0;
+	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
+		return fail(x, t, "engine", "expected a table%s", "");
+	if ((err = only_keys(x, t, "engine.", keys)) ||
+	    (err = get_uint(x, t, "threads", "engine.threads", 256, &v)))
+		return err;
+	e->threads = (unsigned)v;
+	v = 0;
+	if ((err = get_uint(x, t, "max_connections", "engine.max_connections", 1000000, &v)))
+		return err;
+	e->max_connections = (unsigned)v;
+	if ((err = get_string(x, t, "hostname", "engine.hostname", &e->hostname)) ||
+	    (err = get_string(x, t, "nodeid", "engine.nodeid", &e->nodeid)))
+		return err;
+	return get_duration(x, t, "shutdown_grace", "engine.shutdown_grace", &e->shutdown_grace_ms);
+}
+
+static int sections(struct ctx *x, const struct kumo_toml_value *root, struct kumod_config *c)
+{
+	static const char *const top[] = {"listener", "http", "spool", "log", "routing",
+					  "engine", "headers", NULL};
+	static const char *const path_key[] = {"path", NULL};
+	static const char *const http_keys[] = {"listen", NULL};
+	static const char *const routing_keys[] = {"smart_host", NULL};
+	static const char *const header_keys[] = {"campaign", "tenant", NULL};
+	int err;
+	if ((err = only_keys(x, root, "", top)) || (err = listeners(x, root, c)) ||
+	    (err = engine_section(x, root, &c->engine)) ||
+	    (err = string_section(x, root, "spool", path_key,
+				  (const char **[]){&c->engine.spool_path})) ||
+	    (err = string_section(x, root, "log", path_key,
+				  (const char **[]){&c->engine.log_path})) ||
+	    (err = string_section(x, root, "http", http_keys, (const char **[]){&c->http_listen})) ||
+	    (err = string_section(x, root, "routing", routing_keys,
+				  (const char **[]){&c->smart_host})) ||
+	    (err = string_section(x, root, "headers", header_keys,
+				  (const char **[]){&c->engine.campaign_header,
+						    &c->engine.tenant_header})))
+		return err;
+	const struct kumo_toml_value *t;
+	if (c->http_listen && kumo_address_check(c->http_listen) < 0)
+		return fail(x, kumo_toml_get(kumo_toml_get(root, "http"), "listen"), "http.listen",
+			    "expected \"ip:port\", got \"%s\"", c->http_listen);
+	t = kumo_toml_get(kumo_toml_get(root, "routing"), "smart_host");
+	if (c->smart_host && kumo_address_check(c->smart_host) < 0)
+		return fail(x, t, "routing.smart_host", "expected \"ip:port\", got \"%s\"",
+			    c->smart_host);
+	return 0;
+}
+
+int kumod_config_parse(const char *text, size_t len, const char *name,
+		       struct kumod_config *out, char *err, size_t errcap)
+{
+	struct kumo_toml_error te;
+	struct ctx x = {.file = name, .err = err, .errcap = errcap};
+	memset(out, 0, sizeof(*out));
+	int rc = kumo_toml_parse(text, len, &out->doc, &te);
+	if (rc < 0) {
+		kumo_toml_format_error(&te, name, err, errcap);
+		return rc;
+	}
+	out->engine.spool_path = "var/spool";
+	rc = sections(&x, kumo_toml_root(out->doc), out);
+	if (rc < 0) {
+		kumod_config_free(out);
+		return rc;
+	}
+	return 0;
+}
+
+int kumod_config_load(const char *path, struct kumod_config *out, char *err, size_t errcap)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f) {
+		snprintf(err, errcap, "%s: %s", path, strerror(errno));
+		return -errno;
+	}
+	char *text = NULL;
+	size_t len = 0, cap = 0, n;
+	char chunk[65536];
+	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+		if (len + n > cap) {
+			cap = (len + n) * 2;
+			char *t = realloc(text, cap);
+			if (!t) {
+				free(text);
+				fclose(f);
+				return -ENOMEM;
+			}
+			text = t;
+		}
+		memcpy(text + len, chunk, n);
+		len += n;
+	}
+	fclose(f);
+	int rc = kumod_config_parse(text ? text : "", len, path, out, err, errcap);
+	free(text);
+	return rc;
+}
+
+void kumod_config_free(struct kumod_config *c)
+{
+	kumo_toml_free(c->doc);
+	c->doc = NULL;
+}

@@ -1,0 +1,165 @@
+/* libkumo public API: create an engine, add SMTP listeners, register policy callbacks,
+ * inject messages from code, run and stop. All objects are opaque; strings passed in are
+ * copied unless a comment says otherwise; functions return 0 or -errno. */
+#ifndef KUMO_KUMO_H
+#define KUMO_KUMO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KUMO_VERSION_STRING "0.1.0"
+
+struct kumo_engine;
+struct kumo_txn;
+
+/* Diagnostic log levels for kumo_log_fn. */
+enum kumo_log_level { KUMO_LOG_ERROR = 0, KUMO_LOG_WARN, KUMO_LOG_INFO, KUMO_LOG_DEBUG };
+
+/* Diagnostic messages (one line, no newline). Called from any engine thread; the string
+ * is valid during the call only. */
+typedef void (*kumo_log_fn)(void *arg, enum kumo_log_level level, const char *line);
+
+/* Log records (Reception, Rejection, ...): one JSON object, no newline, valid during the
+ * call only. Called from loop threads; must not block. */
+typedef void (*kumo_record_fn)(void *arg, const char *json, size_t len);
+
+struct kumo_engine_cfg {
+	unsigned threads;          /* loops; 0 = number of online cores */
+	const char *spool_path;    /* required; created if missing */
+	const char *log_path;      /* directory for JSON log record files, or NULL for none */
+	const char *hostname;      /* default for listeners; NULL = gethostname() */
+	const char *nodeid;        /* in log records; NULL = derived from hostname */
+	unsigned max_connections;  /* per loop; 0 = 4096 */
+	uint32_t shutdown_grace_ms; /* graceful stop: time given to open transactions: 10000 */
+	kumo_log_fn log_fn;        /* NULL: diagnostics go to stderr */
+	void *log_arg;
+	kumo_record_fn record_fn;  /* optional: every log record, besides the log files */
+	void *record_arg;
+	const char *campaign_header; /* header naming the campaign: "X-Kumo-Campaign"; "" none */
+	const char *tenant_header;   /* header naming the tenant: "X-Kumo-Tenant"; "" none */
+};
+
+/* What happens to a bare CR or LF in DATA: see docs/smtp.md. */
+enum kumo_bare_eol { KUMO_BARE_EOL_REJECT = 0, KUMO_BARE_EOL_NORMALIZE };
+
+struct kumo_listener_cfg {
+	const char *address;       /* "127.0.0.1:2525", "[::1]:2525" */
+	const char *hostname;      /* greeting/EHLO name; NULL = engine's */
+	const char *const *relay_hosts; /* CIDRs allowed to relay anywhere; NULL = loopback */
+	size_t nrelay_hosts;
+	const char *const *local_domains; /* domains anyone may send to (inbound) */
+	size_t nlocal_domains;
+	size_t max_line;           /* 0 = 512 */
+	size_t max_recipients;     /* per message; 0 = 100 */
+	size_t max_message_size;   /* bytes; 0 = 50 MiB */
+	unsigned max_messages;     /* per connection; 0 = 1000 */
+	uint32_t command_timeout_ms; /* 0 = 300000 */
+	uint32_t data_timeout_ms;    /* 0 = 180000 */
+	enum kumo_bare_eol bare_eol;
+};
+
+/* Validation for config readers: 0 or -EINVAL. Addresses are "ip:port" or "[ipv6]:port";
+ * CIDRs "ip" or "ip/bits". */
+int kumo_address_check(const char *address);
+int kumo_cidr_check(const char *cidr);
+
+/* A reply chosen by policy. text may hold several lines separated by '\n'. */
+struct kumo_reply {
+	int code;               /* e.g. 550 */
+	char enhanced[16];      /* e.g. "5.7.1" */
+	char text[256];
+};
+
+enum kumo_verdict { KUMO_ACCEPT = 0, KUMO_REJECT = 1 };
+
+/* Policy callbacks, all optional. They run on loop threads (concurrently across loops)
+ * and must not block. Return KUMO_ACCEPT, or KUMO_REJECT after filling *reply (a 4xx or
+ * 5xx). The txn handle is valid during the call only. */
+struct kumo_policy {
+	enum kumo_verdict (*on_connect)(void *arg, struct kumo_txn *txn, struct kumo_reply *reply);
+	enum kumo_verdict (*on_mail_from)(void *arg, struct kumo_txn *txn, const char *sender,
+					  struct kumo_reply *reply);
+	enum kumo_verdict (*on_rcpt_to)(void *arg, struct kumo_txn *txn, const char *rcpt,
+					struct kumo_reply *reply);
+	/* End of data, before the message is spooled: may set queue, tenant, campaign, meta. */
+	enum kumo_verdict (*on_data)(void *arg, struct kumo_txn *txn, struct kumo_reply *reply);
+};
+
+/* Transaction accessors for policy callbacks. Returned strings live as long as txn. */
+const char *kumo_txn_peer_address(const struct kumo_txn *txn); /* "127.0.0.1"; "" injected */
+const char *kumo_txn_helo(const struct kumo_txn *txn);         /* or "" */
+const char *kumo_txn_sender(const struct kumo_txn *txn);       /* NULL before MAIL */
+size_t kumo_txn_rcpt_count(const struct kumo_txn *txn);        /* accepted so far */
+const char *kumo_txn_rcpt(const struct kumo_txn *txn, size_t i);
+/* Message bytes at end of data (on_data only), else NULL. */
+const uint8_t *kumo_txn_data(const struct kumo_txn *txn, size_t *len);
+/* Setters (on_mail_from, on_rcpt_to, on_data): values are copied. */
+int kumo_txn_set_queue(struct kumo_txn *txn, const char *queue);
+int kumo_txn_set_tenant(struct kumo_txn *txn, const char *tenant);
+int kumo_txn_set_campaign(struct kumo_txn *txn, const char *campaign);
+int kumo_txn_set_meta(struct kumo_txn *txn, const char *key, const char *value);
+
+/* Engine life cycle. new() opens the spool and recovers it (blocking; logs count and
+ * rate). start() spawns the loop threads; stop() asks them to finish gracefully and may be
+ * called from any thread or a signal-safe context (it only writes to an eventfd); wait()
+ * joins them; free() releases everything. */
+int kumo_engine_new(const struct kumo_engine_cfg *cfg, struct kumo_engine **out);
+int kumo_engine_add_listener(struct kumo_engine *e, const struct kumo_listener_cfg *cfg);
+/* The policy struct is copied; arg is kept and passed to every callback. */
+int kumo_engine_set_policy(struct kumo_engine *e, const struct kumo_policy *p, void *arg);
+int kumo_engine_start(struct kumo_engine *e);
+int kumo_engine_stop(struct kumo_engine *e);
+int kumo_engine_wait(struct kumo_engine *e);
+void kumo_engine_free(struct kumo_engine *e);
+
+/* Messages recovered from the spool when the engine was created. */
+uint64_t kumo_engine_recovered(const struct kumo_engine *e);
+
+/* Injection from code. The spec and everything it points to is copied before the call
+ * returns. done runs on a loop thread once the message is durable (status 0, id holds
+ * the 32-hex-digit id) or refused (-errno); it must not block. */
+struct kumo_inject_spec {
+	const char *sender;              /* "" for the null sender */
+	const char *const *recipients;
+	size_t nrecipients;
+	const uint8_t *data;             /* RFC 5322 message, CRLF line ends */
+	size_t data_len;
+	const char *queue;               /* optional explicit queue */
+	const char *tenant;              /* optional */
+	const char *campaign;            /* optional */
+};
+typedef void (*kumo_inject_done_fn)(void *arg, int status, const char *id);
+int kumo_engine_inject(struct kumo_engine *e, const struct kumo_inject_spec *spec,
+		       kumo_inject_done_fn done, void *arg);
+
+/* Counters summed over loops (approximate while running). */
+struct kumo_engine_stats {
+	uint64_t connections;      /* accepted since start */
+	uint64_t messages_received; /* spooled (SMTP and injected) */
+	uint64_t messages_rejected;
+	uint64_t spool_batches;
+	uint64_t queued;           /* messages held in scheduled queues */
+};
+void kumo_engine_stats(const struct kumo_engine *e, struct kumo_engine_stats *st);
+
+/* One line per queue into cb: name and message count (for admin tools and tests).
+ * Call after wait() or before start() only. */
+typedef void (*kumo_queue_fn)(void *arg, const char *queue, uint64_t count);
+void kumo_engine_queues(const struct kumo_engine *e, kumo_queue_fn cb, void *arg);
+
+/* Reads a spool directory that no running engine uses and calls cb once per live message
+ * with one JSON object (id, sender, recipients with DSN fields and queue names, tenant,
+ * campaign, created, due, attempts, size, meta). The JSON is valid during the call only.
+ * Returns the count of messages or -errno. */
+typedef void (*kumo_spool_list_fn)(void *arg, const char *json, size_t len);
+long kumo_spool_list(const char *spool_path, kumo_spool_list_fn cb, void *arg);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

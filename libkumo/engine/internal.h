@@ -1,0 +1,277 @@
+/* Engine internals shared by loop.c, server.c, queue.c, log.c, policy.c and engine.c:
+ * the per-thread loop with its fixed connection table, listeners, and the engine that
+ * owns the loops. Nothing here is exported. */
+#ifndef KUMO_ENGINE_INTERNAL_H
+#define KUMO_ENGINE_INTERNAL_H
+
+#include <liburing.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "kumo/kumo.h"
+#include "engine/envelope.h"
+#include "engine/spool.h"
+#include "proto/smtp_server.h"
+#include "util/id.h"
+#include "util/json.h"
+
+/* user_data of every SQE: {op:8, gen:24, slot:32}. A completion whose gen differs from
+ * its slot's current gen belongs to a closed connection and is dropped. */
+enum kumo_op {
+	KUMO_OP_ACCEPT = 1, /* slot = listener index */
+	KUMO_OP_RECV,
+	KUMO_OP_SEND,
+	KUMO_OP_TICK,       /* the once-a-second timer */
+	KUMO_OP_WAKE,       /* eventfd read: stop request or injected messages */
+	KUMO_OP_SPOOL_WRITE,
+	KUMO_OP_SPOOL_SYNC,
+	KUMO_OP_LOG_WRITE,
+	KUMO_OP_CANCEL,     /* completions of cancel requests: ignored */
+};
+
+static inline uint64_t kumo_ud(enum kumo_op op, uint32_t gen, uint32_t slot)
+{
+	return (uint64_t)op << 56 | (uint64_t)(gen & 0xffffff) << 32 | slot;
+}
+static inline enum kumo_op kumo_ud_op(uint64_t ud)
+{
+	return (enum kumo_op)(ud >> 56);
+}
+static inline uint32_t kumo_ud_gen(uint64_t ud)
+{
+	return (uint32_t)(ud >> 32) & 0xffffff;
+}
+static inline uint32_t kumo_ud_slot(uint64_t ud)
+{
+	return (uint32_t)ud;
+}
+
+struct kumo_cidr {
+	int family;       /* AF_INET or AF_INET6 */
+	uint8_t addr[16];
+	unsigned bits;
+};
+int kumo_cidr_parse(const char *s, struct kumo_cidr *out);
+bool kumo_cidr_match(const struct kumo_cidr *c, const struct sockaddr *sa);
+
+struct kumo_listener {
+	char *address;
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	char *hostname;
+	struct kumo_cidr *relay;
+	size_t nrelay;
+	char **local_domains;
+	size_t nlocal;
+	struct kumo_smtp_server_cfg smtp;
+};
+
+/* Policy settings gathered during one transaction (struct kumo_txn of the API). */
+struct kumo_txn {
+	struct kumo_conn *conn;          /* NULL for injected messages */
+	const struct kumo_smtp_txn *smtp; /* the machine's view, or NULL */
+	char *queue, *tenant, *campaign;
+	struct kumo_env_meta *meta;
+	size_t nmeta, capmeta;
+	const uint8_t *data;             /* set during on_data */
+	size_t data_len;
+};
+void kumo_txn_clear(struct kumo_txn *t);
+
+#define KUMO_RBUF_SIZE 16384
+
+struct kumo_conn {
+	uint32_t gen;          /* bumped on close; stale completions are dropped */
+	int fd;
+	bool in_use;
+	bool recv_busy;        /* a recv is in flight */
+	bool send_busy;        /* a send is in flight */
+	bool closing;          /* close once output is written and nothing is in flight */
+	bool wait_spool;       /* a message is being made durable; machine paused */
+	bool eof;
+	bool dead;             /* closed; the slot is reused once inflight drops to 0 */
+	uint32_t inflight;     /* SQEs posted for this slot and not yet completed */
+	uint32_t next_free;
+	struct kumo_listener *lst;
+	struct kumo_smtp_server *sm;
+	char peer[48];         /* numeric peer address */
+	struct sockaddr_storage peer_sa;
+	char helo[256];
+	bool esmtp;            /* EHLO rather than HELO */
+	uint8_t *rbuf;         /* bytes received, not yet pushed into the machine */
+	size_t rpos, rlen;
+	struct kumo_buf sbuf;  /* replies being sent */
+	size_t sent;           /* of sbuf, acknowledged by completed sends */
+	struct kumo_txn txn;
+	struct kumo_envelope env; /* the message being spooled (strings borrowed from sm) */
+	struct kumo_env_rcpt *env_rcpts;
+	size_t env_rcpts_cap;
+	struct kumo_spool_loc loc;
+	uint64_t msg_size;
+};
+
+/* A scheduled queue: the messages waiting for a recipient domain. */
+struct kumo_queue {
+	char *name;
+	uint64_t count;
+	uint32_t head, tail;   /* entry indexes, UINT32_MAX for none */
+	struct kumo_queue *hnext;
+};
+
+/* A queued message: the fixed record kept in RAM per message. */
+struct kumo_qmsg {
+	struct kumo_id id;
+	struct kumo_spool_loc loc;
+	uint64_t due_ms;
+	uint32_t attempts;
+	uint32_t nrcpt;
+};
+
+/* One entry links a message into one queue (a message has one per recipient domain). */
+struct kumo_qentry {
+	uint32_t msg;
+	uint32_t next;
+};
+
+struct kumo_queues {
+	struct kumo_queue **buckets;
+	size_t nbuckets, nqueues;
+	struct kumo_qmsg *msgs;
+	size_t nmsgs, capmsgs;
+	struct kumo_qentry *entries;
+	size_t nentries, capentries;
+};
+int kumo_queues_init(struct kumo_queues *q);
+void kumo_queues_free(struct kumo_queues *q);
+/* Adds a message with its envelope: one entry in the queue of each distinct queue name
+ * of its pending recipients. Returns 0 or -ENOMEM. */
+int kumo_queues_add(struct kumo_queues *q, const struct kumo_envelope *env,
+		    const struct kumo_spool_loc *loc);
+struct kumo_queue *kumo_queues_find(const struct kumo_queues *q, const char *name);
+
+/* An injected message travelling to a loop. */
+struct kumo_inject {
+	struct kumo_inject *next;
+	struct kumo_envelope env;
+	uint8_t *data;
+	size_t data_len;
+	struct kumo_spool_loc loc;
+	kumo_inject_done_fn done;
+	void *arg;
+	char *strings;         /* one block holding the envelope's strings */
+};
+
+struct kumo_engine;
+
+struct kumo_loop {
+	struct kumo_engine *e;
+	unsigned index;
+	pthread_t thread;
+	struct io_uring ring;
+	int wake_fd;           /* eventfd: stop requests and injected messages */
+	uint64_t wake_val;
+	_Atomic bool stop_requested;
+	bool stopping;
+	uint64_t stop_deadline_ms;
+	pthread_mutex_t inject_lock;
+	struct kumo_inject *inject_head, *inject_tail;
+	int *listen_fds;       /* one per engine listener, SO_REUSEPORT */
+	bool *accept_armed;
+	struct kumo_conn *conns;
+	uint32_t nconns, free_head, live_conns;
+	struct kumo_spool *spool;
+	struct kumo_id_gen ids;
+	struct kumo_queues queues;
+	uint64_t now_ms;       /* wall clock, refreshed once per completion batch */
+	struct kumo_buf scratch; /* envelope encoding, log record formatting */
+	char date[40];         /* RFC 5322 date of date_sec, for Received headers */
+	uint64_t date_sec;
+	/* log records: appended to pending, written with one write per batch */
+	int log_fd;
+	struct kumo_buf log_pending, log_inflight;
+	bool log_busy;
+	uint64_t log_bytes;
+	unsigned log_seq;
+	/* counters (read by other threads without locks: approximate) */
+	_Atomic uint64_t n_connections, n_received, n_rejected, n_batches;
+	int sq_pending;        /* SQEs queued since the last submit */
+};
+
+struct kumo_engine {
+	struct kumo_engine_cfg cfg;
+	char *spool_path, *log_path, *hostname, *nodeid, *campaign_header, *tenant_header;
+	struct kumo_listener *listeners;
+	size_t nlisteners;
+	struct kumo_policy policy;
+	void *policy_arg;
+	struct kumo_loop *loops;
+	unsigned nloops;
+	bool started;
+	uint64_t recovered;
+	_Atomic unsigned inject_rr;
+};
+
+/* Diagnostics through the embedder's callback. */
+void kumo_elog(const struct kumo_engine *e, enum kumo_log_level lvl, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* loop.c */
+struct io_uring_sqe *kumo_loop_sqe(struct kumo_loop *l);
+uint64_t kumo_now_ms(void);
+int kumo_loop_init(struct kumo_loop *l, struct kumo_engine *e, unsigned index);
+void kumo_loop_fini(struct kumo_loop *l);
+/* Opens this loop's SO_REUSEPORT socket for every engine listener. */
+int kumo_loop_listen(struct kumo_loop *l);
+void *kumo_loop_main(void *arg);
+void kumo_loop_spool_done(void *cookie, int status, void *arg);
+
+/* server.c: SMTP connections on a loop */
+void kumo_server_accepted(struct kumo_loop *l, unsigned listener, int fd);
+/* A RECV or SEND completion for user_data ud (stale ones are absorbed here). */
+void kumo_server_io_done(struct kumo_loop *l, uint64_t ud, int res);
+/* The message of connection c (if its gen still matches) is durable or failed. */
+void kumo_server_spool_done(struct kumo_loop *l, struct kumo_conn *c, uint32_t gen,
+			    int status);
+/* Spool cookie for connection c's message. */
+void *kumo_server_cookie(const struct kumo_loop *l, const struct kumo_conn *c);
+void kumo_server_tick(struct kumo_loop *l);
+void kumo_server_shutdown(struct kumo_loop *l, bool force);
+
+/* Spooling a message built from an envelope and data iovecs; cookie as for the spool. */
+int kumo_loop_spool_message(struct kumo_loop *l, struct kumo_envelope *env,
+			    const struct iovec *iov, int niov, void *cookie,
+			    struct kumo_spool_loc *loc);
+
+/* log.c: JSON log records */
+int kumo_log_open(struct kumo_loop *l);
+void kumo_log_close(struct kumo_loop *l);
+/* Appends a record produced by the writer; hands it to the record callback too. */
+void kumo_log_commit(struct kumo_loop *l, struct kumo_buf *rec);
+void kumo_log_flush(struct kumo_loop *l);
+void kumo_log_write_done(struct kumo_loop *l, int res);
+
+struct kumo_log_fields {
+	const char *type;       /* "Reception", "Rejection" */
+	const struct kumo_id *id;
+	const char *sender;
+	const char *recipient;
+	const char *queue;
+	uint64_t size;
+	int code;
+	const char *enhanced;   /* "2.0.0" or NULL */
+	const char *content;
+	const char *command;    /* for rejections: the command refused, or NULL */
+	const char *peer_addr;
+	const char *peer_name;  /* HELO name */
+	uint64_t created_ms;
+	const struct kumo_env_meta *meta;
+	size_t nmeta;
+	const char *protocol;   /* "ESMTP", "SMTP", "Inject" */
+};
+void kumo_log_record(struct kumo_loop *l, const struct kumo_log_fields *f);
+
+#endif
