@@ -2,7 +2,9 @@
  * engine with its SMTP listeners, runs until SIGINT/SIGTERM, then stops gracefully. */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,9 +94,13 @@ static int run(struct kumod_config *c)
 	kumo_engine_wait(e);
 	struct kumo_engine_stats st;
 	kumo_engine_stats(e, &st);
-	char line[160];
-	snprintf(line, sizeof(line), "stopped: %llu messages received, %llu queued",
-		 (unsigned long long)st.messages_received, (unsigned long long)st.queued);
+	char line[256];
+	snprintf(line, sizeof(line),
+		 "stopped: %llu connections, %llu messages received in %llu spool batches, "
+		 "%llu rejections, %llu queued",
+		 (unsigned long long)st.connections, (unsigned long long)st.messages_received,
+		 (unsigned long long)st.spool_batches, (unsigned long long)st.messages_rejected,
+		 (unsigned long long)st.queued);
 	diag(NULL, KUMO_LOG_INFO, line);
 	kumo_engine_free(e);
 	return 0;
@@ -133,7 +139,7 @@ int main(int argc, char **argv)
 	char err[512];
 	const char *file = check ? check : config;
 	int rc = file ? kumod_config_load(file, &c, err, sizeof(err))
-		      : kumod_config_parse(kumod_default_config, sizeof(kumod_default_config) - 1,
+		      : kumod_config_parse(kumod_default_config, strlen(kumod_default_config),
 					   "<default config>", &c, err, sizeof(err));
 	if (rc < 0) {
 		fprintf(stderr, "kumod: %s\n", err);

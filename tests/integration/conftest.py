@@ -40,6 +40,7 @@ class Kumod:
 
     def __init__(self, tmp, listener_extra="", extra="", threads=2):
         self.tmp = str(tmp)
+        os.makedirs(self.tmp, exist_ok=True)
         self.port = free_port()
         self.spool = os.path.join(self.tmp, "spool")
         self.logdir = os.path.join(self.tmp, "log")
@@ -111,7 +112,6 @@ def kumod(tmp_path):
 
     def make(**kw):
         k = Kumod(tmp_path / ("k%d" % len(started)), **kw)
-        os.makedirs(k.tmp, exist_ok=True)
         started.append(k)
         return k.start()
 

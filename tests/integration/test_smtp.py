@@ -4,8 +4,6 @@ import smtplib
 import socket
 import time
 
-import pytest
-
 MSG = (b"From: a@example.com\r\nTo: b@example.net\r\nSubject: hi\r\n"
        b"Message-ID: <m1@example.com>\r\n\r\nhello\r\n.dot line\r\n")
 
@@ -195,7 +193,7 @@ def test_error_replies(kumod):
     code, text = s.docmd("DATA")
     assert code == 503 and text.startswith(b"5.5.1")
     code, text = s.docmd("MAIL FROM:bad")
-    assert code == 501 and text.startswith(b"5.5.4")
+    assert code == 501 and text.startswith(b"5.1.7")
     code, text = s.docmd("MAIL FROM:<a@example.com> FOO=BAR")
     assert code == 555 and text.startswith(b"5.5.4")
     assert s.docmd("MAIL FROM:<a@example.com>")[0] == 250
@@ -283,9 +281,9 @@ def test_graceful_stop_finishes_open_transaction(kumod):
     s.send(b"Subject: late\r\n\r\nbody\r\n.\r\n")
     code, _ = s.getreply()
     assert code == 250
-    code, text = s.docmd("NOOP")
-    assert code in (421, 250) or code == -1
+    # once the transaction is done the server says goodbye on its own
+    code, text = s.getreply()
+    assert code == 421 and text.startswith(b"4.3.2")
     assert k.proc.wait(timeout=10) == 0
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", k.port), timeout=1)
+    assert "stopped:" in k.log_text()
     assert len(k.list_spool()) == 1
