@@ -8,7 +8,7 @@
 void kumo_id_gen_init(struct kumo_id_gen *g, uint16_t shard, uint64_t seed)
 {
 	g->shard = shard;
-	g->seq = seed;
+	g->seq = seed >> 1; /* 63 bits: the sequence never wraps within a run */
 	g->last_ms = 0;
 }
 

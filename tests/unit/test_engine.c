@@ -1,0 +1,165 @@
+/* Unit tests for the embedding API (engine): injection from code is durable and comes
+ * back after a restart with its envelope; CIDR matching for relay_hosts; bad config. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <cmocka.h>
+
+#include "engine/internal.h"
+
+struct waiter {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int done, failed;
+	char ids[64][KUMO_ID_HEX_LEN + 1];
+};
+
+static void injected(void *arg, int status, const char *id)
+{
+	struct waiter *w = arg;
+	pthread_mutex_lock(&w->lock);
+	if (status == 0)
+		snprintf(w->ids[w->done % 64], sizeof(w->ids[0]), "%s", id);
+	else
+		w->failed++;
+	w->done++;
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->lock);
+}
+
+static void quiet(void *arg, enum kumo_log_level level, const char *line)
+{
+}
+
+static void count_spooled(void *arg, const char *json, size_t len)
+{
+	(*(int *)arg)++;
+	assert_non_null(memmem(json, len, "\"tenant\":\"t1\"", 13));
+	assert_non_null(memmem(json, len, "\"queue\":\"c1:t1@example.net\"", 26));
+}
+
+static void test_inject_durable_and_recovered(void **state)
+{
+	char dir[] = "/tmp/kumo-test-engine-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	struct kumo_engine_cfg cfg = {.threads = 2, .spool_path = dir, .log_fn = quiet};
+	struct kumo_engine *e;
+	assert_int_equal(kumo_engine_new(&cfg, &e), 0);
+	assert_int_equal(kumo_engine_recovered(e), 0);
+	assert_int_equal(kumo_engine_start(e), 0);
+	struct waiter w = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+	const char *rcpts[] = {"a@example.net", "b@example.net"};
+	static const char body[] = "Subject: injected\r\n\r\nhello\r\n";
+	struct kumo_inject_spec spec = {.sender = "s@example.com", .recipients = rcpts,
+					.nrecipients = 2, .data = (const uint8_t *)body,
+					.data_len = sizeof(body) - 1, .tenant = "t1",
+					.campaign = "c1"};
+	for (int i = 0; i < 20; i++)
+		assert_int_equal(kumo_engine_inject(e, &spec, injected, &w), 0);
+	pthread_mutex_lock(&w.lock);
+	while (w.done < 20)
+		pthread_cond_wait(&w.cond, &w.lock);
+	pthread_mutex_unlock(&w.lock);
+	assert_int_equal(w.failed, 0);
+	struct kumo_id id;
+	assert_int_equal(kumo_id_parse(w.ids[0], &id), 0);
+	kumo_engine_stop(e);
+	assert_int_equal(kumo_engine_wait(e), 0);
+	struct kumo_engine_stats st;
+	kumo_engine_stats(e, &st);
+	assert_int_equal(st.messages_received, 20);
+	assert_int_equal(st.queued, 20);
+	kumo_engine_free(e);
+
+	int listed = 0;
+	assert_int_equal(kumo_spool_list(dir, count_spooled, &listed), 20);
+	assert_int_equal(listed, 20);
+	assert_int_equal(kumo_engine_new(&cfg, &e), 0);
+	assert_int_equal(kumo_engine_recovered(e), 20);
+	kumo_engine_free(e);
+	/* fewer threads than shards on disk: refused, not silently ignored */
+	cfg.threads = 1;
+	assert_int_equal(kumo_engine_new(&cfg, &e), -EEXIST);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+static void test_inject_rejects_bad_spec(void **state)
+{
+	char dir[] = "/tmp/kumo-test-engine-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	struct kumo_engine_cfg cfg = {.threads = 1, .spool_path = dir, .log_fn = quiet};
+	struct kumo_engine *e;
+	assert_int_equal(kumo_engine_new(&cfg, &e), 0);
+	struct kumo_inject_spec none = {.sender = "s@example.com"};
+	assert_int_equal(kumo_engine_inject(e, &none, injected, NULL), -EINVAL);
+	struct kumo_listener_cfg bad = {.address = "localhost:25"};
+	assert_int_equal(kumo_engine_add_listener(e, &bad), -EINVAL);
+	const char *relay[] = {"10.0.0.0/33"};
+	struct kumo_listener_cfg badrelay = {.address = "127.0.0.1:0", .relay_hosts = relay,
+					     .nrelay_hosts = 1};
+	assert_int_equal(kumo_engine_add_listener(e, &badrelay), -EINVAL);
+	kumo_engine_free(e);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+static struct sockaddr_storage addr(const char *ip)
+{
+	struct sockaddr_storage ss = {0};
+	struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+	if (inet_pton(AF_INET, ip, &in->sin_addr) == 1)
+		in->sin_family = AF_INET;
+	else if (inet_pton(AF_INET6, ip, &in6->sin6_addr) == 1)
+		in6->sin6_family = AF_INET6;
+	return ss;
+}
+
+static bool match(const char *cidr, const char *ip)
+{
+	struct kumo_cidr c;
+	assert_int_equal(kumo_cidr_parse(cidr, &c), 0);
+	struct sockaddr_storage ss = addr(ip);
+	return kumo_cidr_match(&c, (struct sockaddr *)&ss);
+}
+
+static void test_cidr(void **state)
+{
+	assert_true(match("127.0.0.0/8", "127.1.2.3"));
+	assert_false(match("127.0.0.0/8", "128.0.0.1"));
+	assert_true(match("10.1.2.3", "10.1.2.3"));
+	assert_false(match("10.1.2.3", "10.1.2.4"));
+	assert_true(match("192.168.0.0/23", "192.168.1.255"));
+	assert_false(match("192.168.0.0/23", "192.168.2.0"));
+	assert_true(match("0.0.0.0/0", "8.8.8.8"));
+	assert_true(match("::1", "::1"));
+	assert_false(match("::1", "::2"));
+	assert_true(match("2001:db8::/32", "2001:db8:ffff::1"));
+	assert_true(match("127.0.0.0/8", "::ffff:127.0.0.1"));
+	assert_false(match("2001:db8::/32", "10.0.0.1"));
+	struct kumo_cidr c;
+	assert_int_equal(kumo_cidr_parse("10.0.0.0/33", &c), -EINVAL);
+	assert_int_equal(kumo_cidr_parse("nothing", &c), -EINVAL);
+	assert_int_equal(kumo_cidr_parse("10.0.0.0/", &c), -EINVAL);
+	assert_int_equal(kumo_cidr_parse("::/129", &c), -EINVAL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_inject_durable_and_recovered),
+		cmocka_unit_test(test_inject_rejects_bad_spec),
+		cmocka_unit_test(test_cidr),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
