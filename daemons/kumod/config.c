@@ -226,7 +226,7 @@ static int listener_limits(struct ctx *x, const struct kumo_toml_value *t,
 	c->max_recipients = (size_t)v;
 	v = 0;
 	if ((err = get_uint(x, t, "max_messages_per_connection",
-			    "listener.max_messages_per_connection", 10000000, &v)))
+			    "listener.max_messages_per_connection", 4000000000LL, &v)))
 		return err;
 	c->max_messages = (unsigned)v;
 	if ((err = get_size(x, t, "max_message_size", "listener.max_message_size",
