@@ -14,10 +14,10 @@ struct io_uring;
 struct kumo_spool;
 
 struct kumo_spool_cfg {
-	const char *path;           /* spool directory; created if missing; copied */
-	uint16_t shard;             /* this loop's index: files are <path>/<shard>/<seq>.seg */
-	size_t segment_bytes;       /* rotate after this many bytes: default 64 MiB */
-	size_t batch_bytes;         /* a batch is submitted once this full: default 4 MiB */
+	const char *path;     /* spool directory; created if missing; copied */
+	uint16_t shard;	      /* this loop's index: files are <path>/<shard>/<seq>.seg */
+	size_t segment_bytes; /* rotate after this many bytes: default 64 MiB */
+	size_t batch_bytes;   /* a batch is submitted once this full: default 4 MiB */
 	/* Optional: told about torn tails, corrupt records and failed clean-ups, one line
 	 * each (msg valid during the call). NULL: silent (the counters still count). */
 	void (*log)(void *log_arg, const char *msg);
@@ -32,9 +32,9 @@ struct kumo_spool_cfg {
 
 /* Where a message record lives; kept by the queue, passed back to read and delete. */
 struct kumo_spool_loc {
-	uint32_t segment;   /* segment sequence number */
-	uint32_t length;    /* bytes of the whole record */
-	uint64_t offset;    /* of the record in the segment */
+	uint32_t segment; /* segment sequence number */
+	uint32_t length;  /* bytes of the whole record */
+	uint64_t offset;  /* of the record in the segment */
 };
 
 /* Completion of a put/delete/update: called once the batch holding it is durable
@@ -59,14 +59,15 @@ void kumo_spool_close(struct kumo_spool *sp);
  * segments without live messages are unlinked (oldest first) and new records go to a
  * new segment. A corrupt record inside a segment is dropped; when that is not possible
  * the rest of that segment is skipped (see docs/spool.md). */
-typedef void (*kumo_spool_recover_fn)(const struct kumo_id *id, const uint8_t *env,
-				      size_t env_len, const struct kumo_spool_loc *loc,
-				      void *arg);
+typedef void (*kumo_spool_recover_fn)(const struct kumo_id *id, const uint8_t *env, size_t env_len,
+				      const struct kumo_spool_loc *loc, void *arg);
 long kumo_spool_recover(struct kumo_spool *sp, kumo_spool_recover_fn fn, void *arg);
 
 /* Appends a message record {envelope, data} to the pending batch, copying the bytes;
  * data is given as iovecs (e.g. a Received header and the body). *loc is filled at once.
- * The cookie comes back through the done callback. Returns 0 or -errno. */
+ * The cookie comes back through the done callback. Returns 0 or -errno: -EINVAL,
+ * -EMSGSIZE (record over 4 GiB), -ENOBUFS (the pending batch would pass 1 GiB: apply
+ * back-pressure), -ENOMEM, or the error of creating a segment file (-ENOSPC...). */
 int kumo_spool_put(struct kumo_spool *sp, const struct kumo_id *id, const uint8_t *env,
 		   size_t env_len, const struct iovec *data, int ndata, void *cookie,
 		   struct kumo_spool_loc *loc);
@@ -93,10 +94,10 @@ int kumo_spool_relocate(struct kumo_spool *sp, const struct kumo_id *id,
 /* The oldest segment, if it is not the one being appended to: the candidate for
  * compaction when few of its messages are live. Returns 0, or -ENOENT. */
 struct kumo_spool_seginfo {
-	uint32_t segment;   /* sequence number */
-	uint64_t bytes;     /* file size */
-	uint64_t live;      /* live message records in it */
-	uint64_t total;     /* message records written to it (since recovery) */
+	uint32_t segment; /* sequence number */
+	uint64_t bytes;	  /* file size */
+	uint64_t live;	  /* live message records in it */
+	uint64_t total;	  /* message records written to it (since recovery) */
 };
 int kumo_spool_oldest(const struct kumo_spool *sp, struct kumo_spool_seginfo *info);
 
@@ -119,13 +120,11 @@ size_t kumo_spool_pending_bytes(const struct kumo_spool *sp);
  * until delivery reads through the ring). Fills env and data views into buf, which
  * must hold loc->length bytes. Returns 0, -EIO or -EBADMSG (checksum). */
 int kumo_spool_read(struct kumo_spool *sp, const struct kumo_spool_loc *loc, uint8_t *buf,
-		    const uint8_t **env, size_t *env_len, const uint8_t **data,
-		    size_t *data_len);
+		    const uint8_t **env, size_t *env_len, const uint8_t **data, size_t *data_len);
 /* The same check on a record read by other means (e.g. a read through the ring from
  * kumo_spool_fd): buf holds the loc->length bytes at loc. Views point into buf. */
-int kumo_spool_parse(const struct kumo_spool_loc *loc, const uint8_t *buf,
-		     const uint8_t **env, size_t *env_len, const uint8_t **data,
-		     size_t *data_len);
+int kumo_spool_parse(const struct kumo_spool_loc *loc, const uint8_t *buf, const uint8_t **env,
+		     size_t *env_len, const uint8_t **data, size_t *data_len);
 /* A descriptor of the segment file for positional reads, owned by the spool and valid
  * until the segment is reclaimed (it has live messages while anyone reads it).
  * Opened on first use. Returns the fd, -ENOENT (no such segment) or -errno. */
@@ -139,7 +138,7 @@ struct kumo_spool_stats {
 	uint64_t batches;
 	uint64_t records;
 	uint64_t failed_batches;    /* batches whose write or sync failed */
-	uint64_t torn_tails;        /* recovery: segments truncated at a torn tail */
+	uint64_t torn_tails;	    /* recovery: segments truncated at a torn tail */
 	uint64_t corrupt_records;   /* recovery: bad records dropped inside a segment */
 	uint64_t corrupt_segments;  /* recovery: segments whose rest had to be skipped */
 	uint64_t unlinked_segments; /* segments reclaimed */

@@ -122,9 +122,9 @@ static void test_hw_reported(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_known_vectors), cmocka_unit_test(test_single_bytes),
-		cmocka_unit_test(test_paths_agree),   cmocka_unit_test(test_incremental),
-		cmocka_unit_test(test_hw_reported),
+	    cmocka_unit_test(test_known_vectors), cmocka_unit_test(test_single_bytes),
+	    cmocka_unit_test(test_paths_agree),	  cmocka_unit_test(test_incremental),
+	    cmocka_unit_test(test_hw_reported),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,15 +14,17 @@
 #include "engine/envelope.h"
 
 static struct kumo_env_rcpt full_rcpts[] = {
-	{.addr = "alice@Example.COM", .notify = 6, .orcpt = "rfc822;alice@example.com",
-	 .state = KUMO_RCPT_PENDING},
-	{.addr = "bob@example.org", .notify = 0, .orcpt = NULL, .state = KUMO_RCPT_DONE},
-	{.addr = "", .notify = 0xffffffffu, .orcpt = "", .state = 7},
+    {.addr = "alice@Example.COM",
+     .notify = 6,
+     .orcpt = "rfc822;alice@example.com",
+     .state = KUMO_RCPT_PENDING},
+    {.addr = "bob@example.org", .notify = 0, .orcpt = NULL, .state = KUMO_RCPT_DONE},
+    {.addr = "", .notify = 0xffffffffu, .orcpt = "", .state = 7},
 };
 static struct kumo_env_meta full_meta[] = {
-	{.key = "x-campaign-id", .value = "1234"},
-	{.key = "empty", .value = ""},
-	{.key = "utf8", .value = "h\xc3\xa9llo"},
+    {.key = "x-campaign-id", .value = "1234"},
+    {.key = "empty", .value = ""},
+    {.key = "utf8", .value = "h\xc3\xa9llo"},
 };
 
 static void full_env(struct kumo_envelope *e)
@@ -150,7 +152,7 @@ static void test_roundtrip_large(void **state)
 	e.campaign = big + 69999 - 128;
 	e.nrcpt = NR;
 	e.rcpts = r;
-	char (*addrs)[32] = malloc(NR * 32);
+	char(*addrs)[32] = malloc(NR * 32);
 	assert_non_null(addrs);
 	for (int i = 0; i < NR; i++) {
 		snprintf(addrs[i], 32, "user%d@d%d.example", i, i % 7);
@@ -333,15 +335,15 @@ static void test_queue_name_truncation(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_roundtrip_full),
-		cmocka_unit_test(test_roundtrip_minimal),
-		cmocka_unit_test(test_roundtrip_large),
-		cmocka_unit_test(test_encode_sizing),
-		cmocka_unit_test(test_truncation),
-		cmocka_unit_test(test_bad_input),
-		cmocka_unit_test(test_mutations),
-		cmocka_unit_test(test_queue_name),
-		cmocka_unit_test(test_queue_name_truncation),
+	    cmocka_unit_test(test_roundtrip_full),
+	    cmocka_unit_test(test_roundtrip_minimal),
+	    cmocka_unit_test(test_roundtrip_large),
+	    cmocka_unit_test(test_encode_sizing),
+	    cmocka_unit_test(test_truncation),
+	    cmocka_unit_test(test_bad_input),
+	    cmocka_unit_test(test_mutations),
+	    cmocka_unit_test(test_queue_name),
+	    cmocka_unit_test(test_queue_name_truncation),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -105,8 +105,12 @@ static void on_log(void *arg, const char *msg)
 
 static void open_spool(struct fix *f, size_t segment_bytes)
 {
-	struct kumo_spool_cfg cfg = {.path = f->dir, .shard = 3, .segment_bytes = segment_bytes,
-				     .batch_bytes = 4096, .log = on_log, .log_arg = f};
+	struct kumo_spool_cfg cfg = {.path = f->dir,
+				     .shard = 3,
+				     .segment_bytes = segment_bytes,
+				     .batch_bytes = 4096,
+				     .log = on_log,
+				     .log_arg = f};
 	kumo_spool_close(f->sp);
 	f->sp = NULL;
 	assert_int_equal(kumo_spool_open(&cfg, &f->sp), 0);
@@ -171,8 +175,13 @@ static uint8_t *make_env(const struct kumo_id *id, unsigned n, unsigned version,
 	char sender[64], rcpt[64], ver[16];
 	struct kumo_env_rcpt r = {.addr = rcpt};
 	struct kumo_env_meta m = {.key = "version", .value = ver};
-	struct kumo_envelope e = {.id = *id, .sender = sender, .nrcpt = 1, .rcpts = &r,
-				  .nmeta = 1, .meta = &m, .attempts = version};
+	struct kumo_envelope e = {.id = *id,
+				  .sender = sender,
+				  .nrcpt = 1,
+				  .rcpts = &r,
+				  .nmeta = 1,
+				  .meta = &m,
+				  .attempts = version};
 	snprintf(sender, sizeof(sender), "sender%u@example.com", n);
 	snprintf(rcpt, sizeof(rcpt), "rcpt%u@d%u.example", n, n % 13);
 	snprintf(ver, sizeof(ver), "%u", version);
@@ -245,8 +254,7 @@ static void check_read(struct fix *f, const struct msg *m)
 	const uint8_t *env, *data;
 	size_t env_len, data_len;
 	assert_non_null(buf);
-	assert_int_equal(kumo_spool_read(f->sp, &m->loc, buf, &env, &env_len, &data, &data_len),
-			 0);
+	assert_int_equal(kumo_spool_read(f->sp, &m->loc, buf, &env, &env_len, &data, &data_len), 0);
 	assert_int_equal(env_len, m->env0_len);
 	assert_memory_equal(env, m->env0, env_len);
 	assert_int_equal(data_len, m->data_len);
@@ -456,9 +464,9 @@ static void test_delete_update(void **state)
 	for (size_t i = first; i < first + 100; i++) {
 		struct msg *m = &f->msgs[i];
 		if (i % 2 == 0) {
-			assert_int_equal(kumo_spool_delete(f->sp, &m->id, &m->loc,
-							   (void *)(uintptr_t)cookie++),
-					 0);
+			assert_int_equal(
+			    kumo_spool_delete(f->sp, &m->id, &m->loc, (void *)(uintptr_t)cookie++),
+			    0);
 			m->live = false;
 			continue;
 		}
@@ -728,6 +736,13 @@ static void test_flipped_byte(void **state)
 	reopen_and_check(f, 0);
 	kumo_spool_stats(f->sp, &st);
 	assert_int_equal(st.corrupt_segments, 1);
+	/* nothing live in it: reclaimed, but moved aside rather than unlinked */
+	assert_false(seg_exists(f, 1));
+	char path[256];
+	struct stat sst;
+	snprintf(path, sizeof(path), "%s/3/%010u.seg.corrupt", f->dir, 1u);
+	assert_int_equal(stat(path, &sst), 0);
+	assert_int_equal((size_t)sst.st_size, len);
 	free(g);
 	free(img);
 }
@@ -854,6 +869,48 @@ static void test_failed_batch_with_pending(void **state)
 	assert_int_equal(st.torn_tails + st.corrupt_records + st.corrupt_segments, 0);
 }
 
+/* A batch fails while the next one already went to a new segment. */
+static void test_failed_batch_rotated(void **state)
+{
+	struct fix *f = *state;
+	open_spool(f, 1024);
+	assert_int_equal(kumo_spool_recover(f->sp, NULL, NULL), 0);
+
+	size_t a = new_msgs(f, 3, 600, 0); /* segment 1, past 1024 bytes */
+	submit_one(f);
+	size_t b = new_msgs(f, 2, 100, 0); /* starts segment 2 */
+	assert_int_equal(f->msgs[a].loc.segment, 1);
+	assert_int_equal(f->msgs[b].loc.segment, 2);
+	reap(f, true, -EIO, -ECANCELED);
+	all_status(f, a, 3, -EIO);
+	for (size_t i = a; i < a + 3; i++)
+		f->msgs[i].live = false;
+	assert_int_equal(seg_size(f, 1), 32); /* back to its header */
+	flush(f);
+	all_status(f, b, 2, 0);
+	/* segment 1 is empty, old and not current: reclaimed after the next batch */
+	assert_false(seg_exists(f, 1));
+	reopen_and_check(f, 1024);
+}
+
+static void test_submit_sq_full(void **state)
+{
+	struct fix *f = *state;
+	struct io_uring small;
+	assert_int_equal(io_uring_queue_init(2, &small, 0), 0);
+	open_spool(f, 0);
+	assert_int_equal(kumo_spool_recover(f->sp, NULL, NULL), 0);
+	new_msgs(f, 1, 10, 0);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&small);
+	assert_non_null(sqe);
+	io_uring_prep_nop(sqe);
+	assert_int_equal(kumo_spool_submit(f->sp, &small, UD_WRITE, UD_SYNC), -EBUSY);
+	assert_int_equal(kumo_spool_busy(f->sp), 1);
+	io_uring_queue_exit(&small);
+	flush(f);
+	reopen_and_check(f, 0);
+}
+
 /* Compaction by relocation: the old copy stops counting, its segment goes. */
 static void test_relocate(void **state)
 {
@@ -952,8 +1009,8 @@ static void test_unrecovered_pinned(void **state)
 	flush(f);
 	open_spool(f, 1024); /* no recover */
 	for (size_t i = 0; i < 2; i++)
-		assert_int_equal(
-			kumo_spool_delete(f->sp, &f->msgs[i].id, &f->msgs[i].loc, NULL), 0);
+		assert_int_equal(kumo_spool_delete(f->sp, &f->msgs[i].id, &f->msgs[i].loc, NULL),
+				 0);
 	flush(f);
 	new_msgs(f, 2, 600, 0);
 	flush(f);
@@ -976,9 +1033,8 @@ static void on_done_reenter(void *cookie, int status, void *arg)
 	assert_int_equal(status, 0);
 	if (r->calls++ < 3) {
 		struct msg *m = add_msg(f, 0);
-		assert_int_equal(kumo_spool_put(f->sp, &m->id, m->env, m->env_len, NULL, 0, NULL,
-						&m->loc),
-				 0);
+		assert_int_equal(
+		    kumo_spool_put(f->sp, &m->id, m->env, m->env_len, NULL, 0, NULL, &m->loc), 0);
 		m->live = true;
 		int rc = kumo_spool_submit(f->sp, &f->ring, UD_WRITE, UD_SYNC);
 		assert_true(rc == 0 || rc == 1);
@@ -1052,7 +1108,8 @@ static void test_many_small(void **state)
 		struct kumo_spool_loc loc;
 		struct iovec iov = {data, sizeof(data)};
 		memcpy(id.b + 12, &i, 4);
-		assert_int_equal(kumo_spool_put(f->sp, &id, env, sizeof(env), &iov, 1, NULL, &loc), 0);
+		assert_int_equal(kumo_spool_put(f->sp, &id, env, sizeof(env), &iov, 1, NULL, &loc),
+				 0);
 		if (i % 2000 == 1999)
 			flush(f);
 	}
@@ -1072,21 +1129,23 @@ static void test_many_small(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_put_recover, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_double_buffering, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_delete_update, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_rotation_unlink, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_torn_tail, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_garbage_tail, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_flipped_byte, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_corrupt_middle_segment, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_failed_batch, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_failed_batch_with_pending, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_relocate, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_lock_and_misuse, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_unrecovered_pinned, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_reentrant_callbacks, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_many_small, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_put_recover, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_double_buffering, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_delete_update, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_rotation_unlink, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_torn_tail, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_garbage_tail, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_flipped_byte, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_corrupt_middle_segment, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_failed_batch, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_failed_batch_with_pending, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_failed_batch_rotated, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_submit_sq_full, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_relocate, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_lock_and_misuse, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_unrecovered_pinned, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_reentrant_callbacks, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_many_small, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
