@@ -42,6 +42,22 @@ struct kumo_engine_cfg {
 	void *record_arg;
 	const char *campaign_header; /* header naming the campaign: "X-Kumo-Campaign"; "" none */
 	const char *tenant_header;   /* header naming the tenant: "X-Kumo-Tenant"; "" none */
+
+	/* Delivery. Zero/NULL fields take the default after them. */
+	bool no_delivery;            /* keep accepted mail queued, deliver nothing */
+	const char *smart_host;      /* "ip:port": all mail goes there, no MX lookup; NULL */
+	const char *dns_servers;     /* "127.0.0.1:53,[::1]:53"; NULL = /etc/resolv.conf */
+	uint32_t dns_timeout_ms;     /* per query try: 5000 */
+	uint16_t mx_port;            /* port used for MX hosts: 25 */
+	uint32_t retry_interval_ms;  /* first retry after a temporary failure: 20 min */
+	uint32_t max_retry_interval_ms; /* the doubling interval stops here: 8 h */
+	uint64_t max_age_ms;         /* then Expiration: 7 days */
+	unsigned connection_limit;   /* connections per site and loop: 32 */
+	unsigned max_deliveries_per_connection; /* then the connection closes: 1024 */
+	unsigned max_recipients_per_batch; /* recipients per transaction: 100 */
+	uint32_t idle_timeout_ms;    /* an idle outbound connection closes: 60 s */
+	uint32_t connect_timeout_ms; /* TCP connect to one address: 60 s */
+	const char *ehlo_name;       /* EHLO name for delivery; NULL = hostname */
 };
 
 /* What happens to a bare CR or LF in DATA: see docs/smtp.md. */
@@ -103,6 +119,10 @@ int kumo_txn_set_queue(struct kumo_txn *txn, const char *queue);
 int kumo_txn_set_tenant(struct kumo_txn *txn, const char *tenant);
 int kumo_txn_set_campaign(struct kumo_txn *txn, const char *campaign);
 int kumo_txn_set_meta(struct kumo_txn *txn, const char *key, const char *value);
+
+/* Routes a recipient domain to a fixed host ("ip:port") instead of its MX hosts. Call
+ * before start(). */
+int kumo_engine_add_route(struct kumo_engine *e, const char *domain, const char *host_port);
 
 /* Engine life cycle. new() opens the spool and recovers it (blocking; logs count and
  * rate). start() spawns the loop threads; stop() asks them to finish gracefully and may be

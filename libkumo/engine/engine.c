@@ -42,6 +42,14 @@ static int copy_cfg(struct kumo_engine *e, const struct kumo_engine_cfg *cfg)
 	e->hostname = dup_or(cfg->hostname, host);
 	e->nodeid = dup_or(cfg->nodeid, e->hostname ? e->hostname : host);
 	e->campaign_header = dup_or(cfg->campaign_header, "X-Kumo-Campaign");
+	e->smart_host = cfg->smart_host ? strdup(cfg->smart_host) : NULL;
+	e->dns_servers = cfg->dns_servers ? strdup(cfg->dns_servers) : NULL;
+	e->ehlo_name = cfg->ehlo_name ? strdup(cfg->ehlo_name) : NULL;
+	e->cfg.smart_host = e->smart_host;
+	e->cfg.dns_servers = e->dns_servers;
+	e->cfg.ehlo_name = e->ehlo_name;
+	if (cfg->smart_host && kumo_address_check(cfg->smart_host) < 0)
+		return -EINVAL;
 	e->tenant_header = dup_or(cfg->tenant_header, "X-Kumo-Tenant");
 	if (!e->spool_path || (cfg->log_path && !e->log_path) || !e->hostname || !e->nodeid ||
 	    !e->campaign_header || !e->tenant_header)
@@ -64,7 +72,15 @@ static void recovered_one(const struct kumo_id *id, const uint8_t *env, size_t e
 		return;
 	}
 	e.id = *id;
-	if (kumo_queues_add(&rc->l->queues, &e, loc) < 0)
+	char qname[512] = "";
+	for (size_t i = 0; i < e.nrcpt && !qname[0]; i++)
+		if (e.rcpts[i].state == KUMO_RCPT_PENDING)
+			kumo_envelope_queue_name(&e, e.rcpts[i].addr, qname, sizeof(qname));
+	if (!qname[0] && e.nrcpt) /* all done: delivery deletes it at once */
+		kumo_envelope_queue_name(&e, e.rcpts[0].addr, qname, sizeof(qname));
+	struct kumo_put p = {.id = *id, .loc = *loc,
+			     .queue = kumo_queue_intern(&rc->l->queues, qname)};
+	if (p.queue == KUMO_NONE || kumo_delivery_enqueue(rc->l, &p, e.due_ms, e.attempts) < 0)
 		rc->failed++;
 	kumo_envelope_release(&e);
 }
@@ -285,6 +301,25 @@ int kumo_engine_add_listener(struct kumo_engine *e, const struct kumo_listener_c
 	return 0;
 }
 
+int kumo_engine_add_route(struct kumo_engine *e, const char *domain, const char *host_port)
+{
+	if (e->started || !domain || !*domain || !host_port || kumo_address_check(host_port) < 0)
+		return -EINVAL;
+	struct kumo_route *r = realloc(e->routes, (e->nroutes + 1) * sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	e->routes = r;
+	r[e->nroutes].domain = strdup(domain);
+	r[e->nroutes].host_port = strdup(host_port);
+	if (!r[e->nroutes].domain || !r[e->nroutes].host_port) {
+		free(r[e->nroutes].domain);
+		free(r[e->nroutes].host_port);
+		return -ENOMEM;
+	}
+	e->nroutes++;
+	return 0;
+}
+
 int kumo_engine_set_policy(struct kumo_engine *e, const struct kumo_policy *p, void *arg)
 {
 	if (e->started)
@@ -302,6 +337,13 @@ int kumo_engine_start(struct kumo_engine *e)
 		int err = kumo_loop_listen(&e->loops[i]);
 		if (err < 0)
 			return err;
+	}
+	for (unsigned i = 0; i < e->nloops; i++) {
+		int err = kumo_delivery_start(&e->loops[i]);
+		if (err < 0) {
+			kumo_elog(e, KUMO_LOG_ERROR, "delivery routes: %s", strerror(-err));
+			return err;
+		}
 	}
 	e->started = true;
 	for (unsigned i = 0; i < e->nloops; i++) {
@@ -359,12 +401,20 @@ void kumo_engine_free(struct kumo_engine *e)
 	for (size_t i = 0; i < e->nlisteners; i++)
 		free_listener(&e->listeners[i]);
 	free(e->listeners);
+	for (size_t i = 0; i < e->nroutes; i++) {
+		free(e->routes[i].domain);
+		free(e->routes[i].host_port);
+	}
+	free(e->routes);
 	free(e->spool_path);
 	free(e->log_path);
 	free(e->hostname);
 	free(e->nodeid);
 	free(e->campaign_header);
 	free(e->tenant_header);
+	free(e->smart_host);
+	free(e->dns_servers);
+	free(e->ehlo_name);
 	free(e);
 }
 
@@ -445,7 +495,7 @@ void kumo_engine_stats(const struct kumo_engine *e, struct kumo_engine_stats *st
 		st->messages_received += atomic_load(&l->n_received);
 		st->messages_rejected += atomic_load(&l->n_rejected);
 		st->spool_batches += atomic_load(&l->n_batches);
-		st->queued += l->queues.nmsgs;
+		st->queued += l->queues.live;
 	}
 }
 
@@ -453,8 +503,8 @@ void kumo_engine_queues(const struct kumo_engine *e, kumo_queue_fn cb, void *arg
 {
 	for (unsigned i = 0; i < e->nloops; i++) {
 		const struct kumo_queues *q = &e->loops[i].queues;
-		for (size_t b = 0; b < q->nbuckets; b++)
-			for (const struct kumo_queue *qu = q->buckets[b]; qu; qu = qu->hnext)
-				cb(arg, qu->name, qu->count);
+		for (uint32_t k = 0; k < q->nqueues; k++)
+			if (q->queues[k].count)
+				cb(arg, q->queues[k].name, q->queues[k].count);
 	}
 }

@@ -14,6 +14,8 @@
 
 #include "kumo/kumo.h"
 #include "engine/envelope.h"
+#include "engine/queue.h"
+#include "engine/delivery.h"
 #include "engine/spool.h"
 #include "proto/smtp_server.h"
 #include "util/id.h"
@@ -31,6 +33,11 @@ enum kumo_op {
 	KUMO_OP_SPOOL_SYNC,
 	KUMO_OP_LOG_WRITE,
 	KUMO_OP_CANCEL,     /* completions of cancel requests: ignored */
+	KUMO_OP_OCONNECT,   /* outbound connection ops: slot = oconn index */
+	KUMO_OP_ORECV,
+	KUMO_OP_OSEND,
+	KUMO_OP_OREAD,      /* reading a message record from the spool */
+	KUMO_OP_DNS,        /* c-ares socket polls: the low 56 bits are the resolver's */
 };
 
 static inline uint64_t kumo_ud(enum kumo_op op, uint32_t gen, uint32_t slot)
@@ -110,48 +117,27 @@ struct kumo_conn {
 	struct kumo_envelope env; /* the message being spooled (strings borrowed from sm) */
 	struct kumo_env_rcpt *env_rcpts;
 	size_t env_rcpts_cap;
-	struct kumo_spool_loc loc;
+	struct kumo_put *puts;    /* its records, one per queue */
+	size_t nputs, capputs, puts_pending;
+	int put_status;
 	uint64_t msg_size;
 };
 
-/* A scheduled queue: the messages waiting for a recipient domain. */
-struct kumo_queue {
-	char *name;
-	uint64_t count;
-	uint32_t head, tail;   /* entry indexes, UINT32_MAX for none */
-	struct kumo_queue *hnext;
-};
-
-/* A queued message: the fixed record kept in RAM per message. */
-struct kumo_qmsg {
+/* A message record being made durable for a connection or an injection: one per
+ * scheduled queue of the recipients (a message to several domains is stored once per
+ * domain, so that each has one queue, one due time and one attempt count). */
+struct kumo_put {
 	struct kumo_id id;
 	struct kumo_spool_loc loc;
-	uint64_t due_ms;
-	uint32_t attempts;
-	uint32_t nrcpt;
+	uint32_t queue;
 };
 
-/* One entry links a message into one queue (a message has one per recipient domain). */
-struct kumo_qentry {
-	uint32_t msg;
-	uint32_t next;
-};
-
-struct kumo_queues {
-	struct kumo_queue **buckets;
-	size_t nbuckets, nqueues;
-	struct kumo_qmsg *msgs;
-	size_t nmsgs, capmsgs;
-	struct kumo_qentry *entries;
-	size_t nentries, capentries;
-};
-int kumo_queues_init(struct kumo_queues *q);
-void kumo_queues_free(struct kumo_queues *q);
-/* Adds a message with its envelope: one entry in the queue of each distinct queue name
- * of its pending recipients. Returns 0 or -ENOMEM. */
-int kumo_queues_add(struct kumo_queues *q, const struct kumo_envelope *env,
-		    const struct kumo_spool_loc *loc);
-struct kumo_queue *kumo_queues_find(const struct kumo_queues *q, const char *name);
+/* Groups env's recipients by queue, appends one message record per group to the spool
+ * (all in the same batch, so they succeed or fail together) and records them in *puts
+ * (grown as needed). Returns the number of records or -errno. */
+int kumo_loop_spool_split(struct kumo_loop *l, const struct kumo_envelope *env,
+			  const struct iovec *iov, int niov, void *cookie, struct kumo_put **puts,
+			  size_t *cap);
 
 /* An injected message travelling to a loop. */
 struct kumo_inject {
@@ -159,7 +145,9 @@ struct kumo_inject {
 	struct kumo_envelope env;
 	uint8_t *data;
 	size_t data_len;
-	struct kumo_spool_loc loc;
+	struct kumo_put *puts;
+	size_t nputs, capputs, puts_pending;
+	int put_status;
 	kumo_inject_done_fn done;
 	void *arg;
 	char *strings;         /* one block holding the envelope's strings */
@@ -186,6 +174,7 @@ struct kumo_loop {
 	struct kumo_spool *spool;
 	struct kumo_id_gen ids;
 	struct kumo_queues queues;
+	struct kumo_delivery *dlv; /* delivery.c */
 	uint64_t now_ms;       /* wall clock, refreshed once per completion batch */
 	struct kumo_buf scratch; /* envelope encoding, log record formatting */
 	char date[40];         /* RFC 5322 date of date_sec, for Received headers */
@@ -201,13 +190,21 @@ struct kumo_loop {
 	int sq_pending;        /* SQEs queued since the last submit */
 };
 
+struct kumo_route {
+	char *domain;
+	char *host_port;
+};
+
 struct kumo_engine {
 	struct kumo_engine_cfg cfg;
 	char *spool_path, *log_path, *hostname, *nodeid, *campaign_header, *tenant_header;
+	char *smart_host, *dns_servers, *ehlo_name;
 	struct kumo_listener *listeners;
 	size_t nlisteners;
 	struct kumo_policy policy;
 	void *policy_arg;
+	struct kumo_route *routes;
+	size_t nroutes;
 	struct kumo_loop *loops;
 	unsigned nloops;
 	bool started;
@@ -242,7 +239,7 @@ void kumo_server_tick(struct kumo_loop *l);
 void kumo_server_shutdown(struct kumo_loop *l, bool force);
 
 /* Spooling a message built from an envelope and data iovecs; cookie as for the spool. */
-int kumo_loop_spool_message(struct kumo_loop *l, struct kumo_envelope *env,
+int kumo_loop_spool_message(struct kumo_loop *l, const struct kumo_envelope *env,
 			    const struct iovec *iov, int niov, void *cookie,
 			    struct kumo_spool_loc *loc);
 
@@ -271,6 +268,10 @@ struct kumo_log_fields {
 	const struct kumo_env_meta *meta;
 	size_t nmeta;
 	const char *protocol;   /* "ESMTP", "SMTP", "Inject" */
+	/* delivery records */
+	const char *site;
+	unsigned num_attempts;
+	bool delivery;          /* egress fields and delivery_protocol are filled */
 };
 void kumo_log_record(struct kumo_loop *l, const struct kumo_log_fields *f);
 

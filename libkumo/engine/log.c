@@ -142,7 +142,7 @@ static void message_fields(struct kumo_json *j, const struct kumo_log_fields *f)
 	kumo_json_key(j, "queue");
 	kumo_json_str(j, f->queue ? f->queue : "");
 	kumo_json_key(j, "site");
-	kumo_json_str(j, "");
+	kumo_json_str(j, f->site ? f->site : "");
 	kumo_json_key(j, "size");
 	kumo_json_uint(j, f->size);
 }
@@ -179,13 +179,19 @@ void kumo_log_record(struct kumo_loop *l, const struct kumo_log_fields *f)
 	kumo_json_key(&j, "created");
 	kumo_json_uint(&j, (f->created_ms ? f->created_ms : l->now_ms) / 1000);
 	kumo_json_key(&j, "num_attempts");
-	kumo_json_uint(&j, 0);
+	kumo_json_uint(&j, f->num_attempts);
 	kumo_json_key(&j, "bounce_classification");
 	kumo_json_str(&j, "Uncategorized");
 	kumo_json_key(&j, "egress_pool");
-	kumo_json_null(&j);
+	if (f->delivery)
+		kumo_json_str(&j, "unspecified");
+	else
+		kumo_json_null(&j);
 	kumo_json_key(&j, "egress_source");
-	kumo_json_null(&j);
+	if (f->delivery)
+		kumo_json_str(&j, "unspecified");
+	else
+		kumo_json_null(&j);
 	kumo_json_key(&j, "feedback_report");
 	kumo_json_null(&j);
 	meta(&j, f);
@@ -193,9 +199,15 @@ void kumo_log_record(struct kumo_loop *l, const struct kumo_log_fields *f)
 	kumo_json_obj_open(&j);
 	kumo_json_obj_close(&j);
 	kumo_json_key(&j, "delivery_protocol");
-	kumo_json_null(&j);
+	if (f->delivery)
+		kumo_json_str(&j, "ESMTP");
+	else
+		kumo_json_null(&j);
 	kumo_json_key(&j, "reception_protocol");
-	kumo_json_str(&j, f->protocol ? f->protocol : "ESMTP");
+	if (f->delivery)
+		kumo_json_null(&j);
+	else
+		kumo_json_str(&j, f->protocol ? f->protocol : "ESMTP");
 	kumo_json_key(&j, "nodeid");
 	kumo_json_str(&j, l->e->nodeid);
 	kumo_json_obj_close(&j);

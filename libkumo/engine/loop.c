@@ -134,10 +134,12 @@ int kumo_loop_init(struct kumo_loop *l, struct kumo_engine *e, unsigned index)
 	err = init_conns(l, e->cfg.max_connections ? e->cfg.max_connections : 4096);
 	if (err < 0)
 		return err;
-	err = kumo_queues_init(&l->queues);
+	err = kumo_queues_init(&l->queues, kumo_now_ms());
 	if (err < 0)
 		return err;
-	return kumo_log_open(l);
+	if ((err = kumo_log_open(l)) < 0)
+		return err;
+	return kumo_delivery_init(l);
 }
 
 void kumo_loop_fini(struct kumo_loop *l)
@@ -155,10 +157,13 @@ void kumo_loop_fini(struct kumo_loop *l)
 			close(c->fd);
 		kumo_smtp_server_free(c->sm);
 		free(c->rbuf);
+		free(c->env_rcpts);
+		free(c->puts);
 		kumo_buf_free(&c->sbuf);
 		kumo_txn_clear(&c->txn);
 	}
 	free(l->conns);
+	kumo_delivery_fini(l);
 	kumo_log_close(l);
 	if (l->spool)
 		kumo_spool_close(l->spool);
@@ -172,7 +177,7 @@ void kumo_loop_fini(struct kumo_loop *l)
 }
 
 /* Encodes the envelope and appends {envelope, data} to the spool's pending batch. */
-int kumo_loop_spool_message(struct kumo_loop *l, struct kumo_envelope *env,
+int kumo_loop_spool_message(struct kumo_loop *l, const struct kumo_envelope *env,
 			    const struct iovec *iov, int niov, void *cookie,
 			    struct kumo_spool_loc *loc)
 {
@@ -187,34 +192,96 @@ int kumo_loop_spool_message(struct kumo_loop *l, struct kumo_envelope *env,
 			      niov, cookie, loc);
 }
 
-/* Spool cookies: a connection is {slot, gen} shifted left once; an injected message is
- * its (16-byte aligned) pointer with the low bit set. */
+static int put_group(struct kumo_loop *l, const struct kumo_envelope *env, const char *qname,
+		     const struct iovec *iov, int niov, void *cookie, struct kumo_put *p)
+{
+	uint32_t q = kumo_queue_intern(&l->queues, qname);
+	if (q == KUMO_NONE)
+		return -ENOMEM;
+	p->queue = q;
+	p->id = env->id;
+	return kumo_loop_spool_message(l, env, iov, niov, cookie, &p->loc);
+}
+
+/* Recipients with the queue name of recipient i, not yet taken, moved into sub. */
+static size_t take_group(const struct kumo_envelope *env, char (*names)[256], uint8_t *used,
+			 size_t i, struct kumo_env_rcpt *sub)
+{
+	size_t k = 0;
+	for (size_t j = i; j < env->nrcpt; j++) {
+		if (used[j] || strcmp(names[i], names[j]) != 0)
+			continue;
+		sub[k++] = env->rcpts[j];
+		used[j] = 1;
+	}
+	return k;
+}
+
+int kumo_loop_spool_split(struct kumo_loop *l, const struct kumo_envelope *env,
+			  const struct iovec *iov, int niov, void *cookie, struct kumo_put **puts,
+			  size_t *cap)
+{
+	size_t n = env->nrcpt;
+	if (n == 0)
+		return -EINVAL;
+	if (n > *cap) {
+		struct kumo_put *p = realloc(*puts, n * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		*puts = p;
+		*cap = n;
+	}
+	char (*names)[256] = malloc(n * sizeof(*names));
+	uint8_t *used = calloc(n, 1);
+	struct kumo_env_rcpt *sub = malloc(n * sizeof(*sub));
+	int groups = 0, err = names && used && sub ? 0 : -ENOMEM;
+	for (size_t i = 0; !err && i < n; i++)
+		kumo_envelope_queue_name(env, env->rcpts[i].addr, names[i], sizeof(names[i]));
+	for (size_t i = 0; !err && i < n; i++) {
+		if (used[i])
+			continue;
+		struct kumo_envelope e = *env;
+		e.rcpts = sub;
+		e.nrcpt = take_group(env, names, used, i, sub);
+		if (groups > 0)
+			kumo_id_next(&l->ids, l->now_ms, &e.id);
+		err = put_group(l, &e, names[i], iov, niov, cookie, &(*puts)[groups]);
+		groups += err ? 0 : 1;
+	}
+	free(names);
+	free(used);
+	free(sub);
+	return err ? err : groups;
+}
+
+/* Spool cookies: NULL for records nobody waits for; a connection is {slot, gen} shifted
+ * left once; an injected message is its (16-byte aligned) pointer with the low bit set. */
 static void spool_done(void *cookie, int status, void *arg);
 
 static void inject_finish(struct kumo_loop *l, struct kumo_inject *in, int status)
 {
 	char hex[KUMO_ID_HEX_LEN + 1];
 	kumo_id_hex(&in->env.id, hex);
-	if (status == 0) {
-		atomic_fetch_add(&l->n_received, 1);
-		kumo_queues_add(&l->queues, &in->env, &in->loc);
-		for (size_t i = 0; i < in->env.nrcpt; i++) {
-			char q[512];
-			kumo_envelope_queue_name(&in->env, in->env.rcpts[i].addr, q, sizeof(q));
-			struct kumo_log_fields f = {
-				.type = "Reception", .id = &in->env.id,
-				.sender = in->env.sender, .recipient = in->env.rcpts[i].addr,
-				.queue = q, .size = in->data_len, .code = 250,
-				.enhanced = "2.0.0", .content = "OK", .peer_addr = "",
-				.created_ms = in->env.created_ms, .protocol = "Inject"};
-			kumo_log_record(l, &f);
-		}
+	for (size_t i = 0; status == 0 && i < in->nputs; i++)
+		kumo_delivery_enqueue(l, &in->puts[i], l->now_ms, 0);
+	for (size_t i = 0; status == 0 && i < in->env.nrcpt; i++) {
+		char q[512];
+		kumo_envelope_queue_name(&in->env, in->env.rcpts[i].addr, q, sizeof(q));
+		struct kumo_log_fields f = {
+			.type = "Reception", .id = &in->env.id, .sender = in->env.sender,
+			.recipient = in->env.rcpts[i].addr, .queue = q, .size = in->data_len,
+			.code = 250, .enhanced = "2.0.0", .content = "OK", .peer_addr = "",
+			.created_ms = in->env.created_ms, .protocol = "Inject"};
+		kumo_log_record(l, &f);
 	}
+	if (status == 0)
+		atomic_fetch_add(&l->n_received, 1);
 	if (in->done)
 		in->done(in->arg, status, status == 0 ? hex : NULL);
 	free(in->strings);
 	free(in->env.rcpts);
 	free(in->data);
+	free(in->puts);
 	free(in);
 }
 
@@ -229,10 +296,12 @@ static void take_injected(struct kumo_loop *l)
 		kumo_id_next(&l->ids, l->now_ms, &in->env.id);
 		in->env.created_ms = in->env.due_ms = l->now_ms;
 		struct iovec iov = {.iov_base = in->data, .iov_len = in->data_len};
-		int err = kumo_loop_spool_message(l, &in->env, &iov, 1, (void *)((uintptr_t)in | 1),
-						  &in->loc);
-		if (err < 0)
-			inject_finish(l, in, err);
+		int n = kumo_loop_spool_split(l, &in->env, &iov, 1, (void *)((uintptr_t)in | 1),
+					      &in->puts, &in->capputs);
+		if (n < 0)
+			inject_finish(l, in, n);
+		else
+			in->nputs = in->puts_pending = (size_t)n;
 		in = next;
 	}
 }
@@ -241,8 +310,16 @@ static void spool_done(void *cookie, int status, void *arg)
 {
 	struct kumo_loop *l = arg;
 	uintptr_t v = (uintptr_t)cookie;
+	if (!cookie) {
+		if (status < 0)
+			kumo_elog(l->e, KUMO_LOG_ERROR, "spool update failed: %s", strerror(-status));
+		return;
+	}
 	if (v & 1) {
-		inject_finish(l, (struct kumo_inject *)(v & ~(uintptr_t)1), status);
+		struct kumo_inject *in = (struct kumo_inject *)(v & ~(uintptr_t)1);
+		in->put_status = in->put_status ? in->put_status : status;
+		if (--in->puts_pending == 0)
+			inject_finish(l, in, in->put_status);
 		return;
 	}
 	uint32_t slot = (uint32_t)(v >> 33), gen = (uint32_t)(v >> 1) & 0xffffff;
@@ -270,6 +347,7 @@ static void begin_stop(struct kumo_loop *l)
 		io_uring_sqe_set_data64(sqe, kumo_ud(KUMO_OP_CANCEL, 0, 0));
 	}
 	kumo_server_shutdown(l, false);
+	kumo_delivery_shutdown(l, false);
 }
 
 static void on_accept(struct kumo_loop *l, struct io_uring_cqe *cqe)
@@ -302,9 +380,21 @@ static void dispatch(struct kumo_loop *l, struct io_uring_cqe *cqe)
 		break;
 	case KUMO_OP_TICK:
 		kumo_server_tick(l);
-		if (l->stopping && l->now_ms >= l->stop_deadline_ms)
+		kumo_delivery_tick(l);
+		if (l->stopping && l->now_ms >= l->stop_deadline_ms) {
 			kumo_server_shutdown(l, true);
+			kumo_delivery_shutdown(l, true);
+		}
 		arm_tick(l);
+		break;
+	case KUMO_OP_OCONNECT:
+	case KUMO_OP_ORECV:
+	case KUMO_OP_OSEND:
+	case KUMO_OP_OREAD:
+		kumo_delivery_io_done(l, cqe->user_data, cqe->res);
+		break;
+	case KUMO_OP_DNS:
+		kumo_delivery_dns_done(l, cqe->user_data, cqe->res);
 		break;
 	case KUMO_OP_WAKE:
 		take_injected(l);
@@ -338,7 +428,8 @@ static void after_batch(struct kumo_loop *l)
 
 static bool finished(const struct kumo_loop *l)
 {
-	return l->stopping && l->live_conns == 0 && kumo_spool_busy(l->spool) == 0 &&
+	return l->stopping && l->live_conns == 0 && kumo_delivery_idle(l) &&
+	       kumo_spool_busy(l->spool) == 0 &&
 	       !l->log_busy && l->log_pending.len == 0 && l->inject_head == NULL;
 }
 

@@ -1,158 +1,261 @@
-/* Scheduled queues: messages waiting, grouped by queue name (campaign:tenant@domain).
- * A message is one fixed record in an array; each queue it belongs to links it through
- * a small entry; queue names are interned once in a hash table. */
-#include "engine/internal.h"
+/* Per-loop queue state: message records in one array with a free list, queue and site
+ * tables hashed by name, FIFO lists through the records' next links, and a timer wheel
+ * of one-second slots (messages due beyond one turn stay and are looked at again). */
+#include "engine/queue.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define NO_ENTRY UINT32_MAX
+#define WHEEL_SLOTS 4096
 
-static uint64_t hash_name(const char *s)
+static uint32_t hash_name(const char *s)
 {
-	uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
+	uint32_t h = 2166136261u; /* FNV-1a */
 	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+		h = (h ^ (unsigned char)*s) * 16777619u;
 	return h;
 }
 
-int kumo_queues_init(struct kumo_queues *q)
+static int grow(void **arr, uint32_t *cap, uint32_t need, size_t elem)
+{
+	if (need <= *cap)
+		return 0;
+	uint64_t n = *cap ? *cap : 256;
+	while (n < need)
+		n *= 2;
+	if (n > UINT32_MAX - 1)
+		return -ENOMEM;
+	void *p = realloc(*arr, (size_t)n * elem);
+	if (!p)
+		return -ENOMEM;
+	*arr = p;
+	*cap = (uint32_t)n;
+	return 0;
+}
+
+static uint32_t *new_buckets(uint32_t n)
+{
+	uint32_t *b = malloc(n * sizeof(*b));
+	if (b)
+		memset(b, 0xff, n * sizeof(*b));
+	return b;
+}
+
+int kumo_queues_init(struct kumo_queues *q, uint64_t now_ms)
 {
 	memset(q, 0, sizeof(*q));
-	q->nbuckets = 1024;
-	q->buckets = calloc(q->nbuckets, sizeof(*q->buckets));
-	return q->buckets ? 0 : -ENOMEM;
+	q->free_head = KUMO_NONE;
+	q->nqbuckets = q->nsbuckets = 1024;
+	q->wheel_slots = WHEEL_SLOTS;
+	q->qbuckets = new_buckets(q->nqbuckets);
+	q->sbuckets = new_buckets(q->nsbuckets);
+	q->wheel = new_buckets(q->wheel_slots);
+	q->wheel_s = (uint32_t)(now_ms / 1000);
+	if (!q->qbuckets || !q->sbuckets || !q->wheel) {
+		kumo_queues_free(q);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static void free_hosts(struct kumo_site *s)
+{
+	for (size_t i = 0; i < s->nhosts; i++) {
+		free(s->hosts[i].name);
+		free(s->hosts[i].addrs);
+	}
+	free(s->hosts);
+	s->hosts = NULL;
+	s->nhosts = 0;
 }
 
 void kumo_queues_free(struct kumo_queues *q)
 {
-	for (size_t i = 0; q->buckets && i < q->nbuckets; i++) {
-		struct kumo_queue *n, *qu = q->buckets[i];
-		for (; qu; qu = n) {
-			n = qu->hnext;
-			free(qu->name);
-			free(qu);
-		}
+	for (uint32_t i = 0; i < q->nqueues; i++)
+		free(q->queues[i].name);
+	for (uint32_t i = 0; i < q->nsites; i++) {
+		free(q->sites[i].name);
+		free_hosts(&q->sites[i]);
 	}
-	free(q->buckets);
+	free(q->queues);
+	free(q->sites);
 	free(q->msgs);
-	free(q->entries);
+	free(q->qbuckets);
+	free(q->sbuckets);
+	free(q->wheel);
 	memset(q, 0, sizeof(*q));
 }
 
-struct kumo_queue *kumo_queues_find(const struct kumo_queues *q, const char *name)
+uint32_t kumo_queue_find(const struct kumo_queues *q, const char *name)
 {
-	struct kumo_queue *qu = q->buckets[hash_name(name) & (q->nbuckets - 1)];
-	while (qu && strcmp(qu->name, name) != 0)
-		qu = qu->hnext;
-	return qu;
+	uint32_t i = q->qbuckets[hash_name(name) & (q->nqbuckets - 1)];
+	while (i != KUMO_NONE && strcmp(q->queues[i].name, name) != 0)
+		i = q->queues[i].hnext;
+	return i;
 }
 
-static int grow_buckets(struct kumo_queues *q)
+/* Doubles a bucket array once it holds as many entries as buckets. */
+static int rehash(uint32_t **buckets, uint32_t *nb, uint32_t count, void *items, size_t elem,
+		  size_t name_off, size_t next_off)
 {
-	size_t n = q->nbuckets * 2;
-	struct kumo_queue **b = calloc(n, sizeof(*b));
+	if (count < *nb)
+		return 0;
+	uint32_t n = *nb * 2;
+	uint32_t *b = new_buckets(n);
 	if (!b)
 		return -ENOMEM;
-	for (size_t i = 0; i < q->nbuckets; i++) {
-		struct kumo_queue *next, *qu = q->buckets[i];
-		for (; qu; qu = next) {
-			next = qu->hnext;
-			size_t h = hash_name(qu->name) & (n - 1);
-			qu->hnext = b[h];
-			b[h] = qu;
-		}
+	for (uint32_t i = 0; i < count; i++) {
+		char *item = (char *)items + (size_t)i * elem;
+		const char *name = *(char **)(item + name_off);
+		uint32_t h = hash_name(name) & (n - 1);
+		memcpy(item + next_off, &b[h], sizeof(uint32_t));
+		b[h] = i;
 	}
-	free(q->buckets);
-	q->buckets = b;
-	q->nbuckets = n;
+	free(*buckets);
+	*buckets = b;
+	*nb = n;
 	return 0;
 }
 
-static struct kumo_queue *intern(struct kumo_queues *q, const char *name)
+uint32_t kumo_queue_intern(struct kumo_queues *q, const char *name)
 {
-	struct kumo_queue *qu = kumo_queues_find(q, name);
-	if (qu)
-		return qu;
-	if (q->nqueues >= q->nbuckets && grow_buckets(q) < 0)
-		return NULL;
-	qu = calloc(1, sizeof(*qu));
-	if (!qu || !(qu->name = strdup(name))) {
-		free(qu);
-		return NULL;
+	uint32_t i = kumo_queue_find(q, name);
+	if (i != KUMO_NONE)
+		return i;
+	if (grow((void **)&q->queues, &q->capqueues, q->nqueues + 1, sizeof(*q->queues)) ||
+	    rehash(&q->qbuckets, &q->nqbuckets, q->nqueues, q->queues, sizeof(*q->queues),
+		   offsetof(struct kumo_queue, name), offsetof(struct kumo_queue, hnext)))
+		return KUMO_NONE;
+	struct kumo_queue *qu = &q->queues[q->nqueues];
+	memset(qu, 0, sizeof(*qu));
+	if (!(qu->name = strdup(name)))
+		return KUMO_NONE;
+	const char *at = strrchr(qu->name, '@'), *colon = strchr(qu->name, ':');
+	qu->domain = at ? at + 1 : colon ? colon + 1 : qu->name;
+	qu->site = KUMO_NONE;
+	qu->parked_head = qu->parked_tail = KUMO_NONE;
+	uint32_t h = hash_name(name) & (q->nqbuckets - 1);
+	qu->hnext = q->qbuckets[h];
+	q->qbuckets[h] = q->nqueues;
+	return q->nqueues++;
+}
+
+uint32_t kumo_site_intern(struct kumo_queues *q, const char *name)
+{
+	uint32_t i = q->sbuckets[hash_name(name) & (q->nsbuckets - 1)];
+	while (i != KUMO_NONE && strcmp(q->sites[i].name, name) != 0)
+		i = q->sites[i].hnext;
+	if (i != KUMO_NONE)
+		return i;
+	if (grow((void **)&q->sites, &q->capsites, q->nsites + 1, sizeof(*q->sites)) ||
+	    rehash(&q->sbuckets, &q->nsbuckets, q->nsites, q->sites, sizeof(*q->sites),
+		   offsetof(struct kumo_site, name), offsetof(struct kumo_site, hnext)))
+		return KUMO_NONE;
+	struct kumo_site *s = &q->sites[q->nsites];
+	memset(s, 0, sizeof(*s));
+	if (!(s->name = strdup(name)))
+		return KUMO_NONE;
+	s->ready_head = s->ready_tail = s->idle_head = KUMO_NONE;
+	uint32_t h = hash_name(name) & (q->nsbuckets - 1);
+	s->hnext = q->sbuckets[h];
+	q->sbuckets[h] = q->nsites;
+	return q->nsites++;
+}
+
+void kumo_site_set_hosts(struct kumo_site *s, struct kumo_site_host *hosts, size_t n)
+{
+	free_hosts(s);
+	s->hosts = hosts;
+	s->nhosts = n;
+}
+
+uint32_t kumo_qmsg_new(struct kumo_queues *q, const struct kumo_id *id,
+		       const struct kumo_spool_loc *loc, uint32_t queue, uint64_t due_ms,
+		       unsigned attempts)
+{
+	uint32_t m = q->free_head;
+	if (m != KUMO_NONE) {
+		q->free_head = q->msgs[m].next;
+	} else {
+		if (grow((void **)&q->msgs, &q->capmsgs, q->nmsgs + 1, sizeof(*q->msgs)))
+			return KUMO_NONE;
+		m = q->nmsgs++;
 	}
-	qu->head = qu->tail = NO_ENTRY;
-	size_t h = hash_name(name) & (q->nbuckets - 1);
-	qu->hnext = q->buckets[h];
-	q->buckets[h] = qu;
-	q->nqueues++;
-	return qu;
+	q->msgs[m] = (struct kumo_qmsg){.id = *id, .loc = *loc, .queue = queue,
+					.due_s = (uint32_t)(due_ms / 1000), .next = KUMO_NONE,
+					.attempts = (uint16_t)(attempts > 65535 ? 65535 : attempts),
+					.state = KUMO_Q_FREE};
+	q->queues[queue].count++;
+	q->live++;
+	return m;
 }
 
-static int grow(void **arr, size_t *cap, size_t need, size_t elem)
+void kumo_qmsg_release(struct kumo_queues *q, uint32_t m)
 {
-	if (need <= *cap)
-		return 0;
-	size_t n = *cap ? *cap * 2 : 1024;
-	while (n < need)
-		n *= 2;
-	void *p = realloc(*arr, n * elem);
-	if (!p)
-		return -ENOMEM;
-	*arr = p;
-	*cap = n;
-	return 0;
+	struct kumo_qmsg *msg = &q->msgs[m];
+	q->queues[msg->queue].count--;
+	q->live--;
+	msg->state = KUMO_Q_FREE;
+	msg->next = q->free_head;
+	q->free_head = m;
 }
 
-static int link_entry(struct kumo_queues *q, struct kumo_queue *qu, uint32_t msg)
+void kumo_list_push(struct kumo_queues *q, uint32_t *head, uint32_t *tail, uint32_t m)
 {
-	if (grow((void **)&q->entries, &q->capentries, q->nentries + 1, sizeof(*q->entries)))
-		return -ENOMEM;
-	uint32_t e = (uint32_t)q->nentries++;
-	q->entries[e] = (struct kumo_qentry){.msg = msg, .next = NO_ENTRY};
-	if (qu->tail == NO_ENTRY)
-		qu->head = e;
+	q->msgs[m].next = KUMO_NONE;
+	if (*tail == KUMO_NONE)
+		*head = m;
 	else
-		q->entries[qu->tail].next = e;
-	qu->tail = e;
-	qu->count++;
-	return 0;
+		q->msgs[*tail].next = m;
+	*tail = m;
 }
 
-/* True when an earlier pending recipient of env maps to the same queue name. */
-static bool seen_before(const struct kumo_envelope *env, size_t i, const char *name)
+uint32_t kumo_list_pop(struct kumo_queues *q, uint32_t *head, uint32_t *tail)
 {
-	char other[512];
-	for (size_t k = 0; k < i; k++) {
-		if (env->rcpts[k].state != KUMO_RCPT_PENDING)
-			continue;
-		kumo_envelope_queue_name(env, env->rcpts[k].addr, other, sizeof(other));
-		if (strcmp(other, name) == 0)
-			return true;
-	}
-	return false;
+	uint32_t m = *head;
+	if (m == KUMO_NONE)
+		return m;
+	*head = q->msgs[m].next;
+	if (*head == KUMO_NONE)
+		*tail = KUMO_NONE;
+	q->msgs[m].next = KUMO_NONE;
+	return m;
 }
 
-int kumo_queues_add(struct kumo_queues *q, const struct kumo_envelope *env,
-		    const struct kumo_spool_loc *loc)
+void kumo_wheel_insert(struct kumo_queues *q, uint32_t m)
 {
-	if (grow((void **)&q->msgs, &q->capmsgs, q->nmsgs + 1, sizeof(*q->msgs)))
-		return -ENOMEM;
-	uint32_t m = (uint32_t)q->nmsgs;
-	q->msgs[m] = (struct kumo_qmsg){.id = env->id, .loc = *loc, .due_ms = env->due_ms,
-					.attempts = env->attempts, .nrcpt = (uint32_t)env->nrcpt};
-	q->nmsgs++;
-	char name[512];
-	for (size_t i = 0; i < env->nrcpt; i++) {
-		if (env->rcpts[i].state != KUMO_RCPT_PENDING)
-			continue;
-		kumo_envelope_queue_name(env, env->rcpts[i].addr, name, sizeof(name));
-		if (env->nrcpt > 1 && seen_before(env, i, name))
-			continue;
-		struct kumo_queue *qu = intern(q, name);
-		if (!qu || link_entry(q, qu, m) < 0)
-			return -ENOMEM;
+	struct kumo_qmsg *msg = &q->msgs[m];
+	/* a time already passed goes into the next slot to be processed */
+	uint32_t s = msg->due_s > q->wheel_s ? msg->due_s : q->wheel_s + 1;
+	uint32_t slot = s & (q->wheel_slots - 1);
+	msg->state = KUMO_Q_SCHEDULED;
+	msg->next = q->wheel[slot];
+	q->wheel[slot] = m;
+}
+
+uint32_t kumo_wheel_advance(struct kumo_queues *q, uint64_t now_ms)
+{
+	uint32_t now_s = (uint32_t)(now_ms / 1000), due = KUMO_NONE;
+	/* after a long stall, one full turn visits every slot */
+	if (now_s - q->wheel_s > q->wheel_slots)
+		q->wheel_s = now_s - q->wheel_slots;
+	while (q->wheel_s < now_s) {
+		q->wheel_s++;
+		uint32_t slot = q->wheel_s & (q->wheel_slots - 1);
+		uint32_t m = q->wheel[slot], keep = KUMO_NONE;
+		while (m != KUMO_NONE) {
+			uint32_t next = q->msgs[m].next;
+			if (q->msgs[m].due_s <= now_s) {
+				q->msgs[m].next = due;
+				due = m;
+			} else {
+				q->msgs[m].next = keep;
+				keep = m;
+			}
+			m = next;
+		}
+		q->wheel[slot] = keep;
 	}
-	return 0;
+	return due;
 }

@@ -294,8 +294,12 @@ static void on_message(struct kumo_loop *l, struct kumo_conn *c)
 	c->msg_size = 0;
 	for (int i = 0; i < niov; i++)
 		c->msg_size += iov[i].iov_len;
-	if (kumo_loop_spool_message(l, &c->env, iov, niov, kumo_server_cookie(l, c), &c->loc) < 0)
+	int n = kumo_loop_spool_split(l, &c->env, iov, niov, kumo_server_cookie(l, c), &c->puts,
+				      &c->capputs);
+	if (n < 0)
 		goto out_fail;
+	c->nputs = c->puts_pending = (size_t)n;
+	c->put_status = 0;
 	c->wait_spool = true;
 	return;
 out_fail:
@@ -310,8 +314,12 @@ static void log_receptions(struct kumo_loop *l, struct kumo_conn *c, const char 
 	char q[512];
 	for (size_t i = 0; i < c->env.nrcpt; i++) {
 		kumo_envelope_queue_name(&c->env, c->env.rcpts[i].addr, q, sizeof(q));
+		const struct kumo_id *id = &c->env.id;
+		for (size_t k = 0; k < c->nputs; k++)
+			if (!strcmp(l->queues.queues[c->puts[k].queue].name, q))
+				id = &c->puts[k].id;
 		struct kumo_log_fields f = {
-			.type = "Reception", .id = &c->env.id, .sender = c->env.sender,
+			.type = "Reception", .id = id, .sender = c->env.sender,
 			.recipient = c->env.rcpts[i].addr, .queue = q, .size = c->msg_size,
 			.code = 250, .enhanced = "2.0.0", .content = reply,
 			.peer_addr = c->peer, .peer_name = c->helo,
@@ -321,26 +329,47 @@ static void log_receptions(struct kumo_loop *l, struct kumo_conn *c, const char 
 	}
 }
 
+/* "OK id=<id>" or, for a message stored once per destination queue, "OK ids=<id>,<id>". */
+static void accepted_text(const struct kumo_conn *c, char *text, size_t cap)
+{
+	size_t len = (size_t)snprintf(text, cap, "OK id%s=", c->nputs > 1 ? "s" : "");
+	for (size_t i = 0; i < c->nputs && len + KUMO_ID_HEX_LEN + 2 < cap; i++) {
+		if (i)
+			text[len++] = ',';
+		kumo_id_hex(&c->puts[i].id, text + len);
+		len += KUMO_ID_HEX_LEN;
+	}
+}
+
+static void message_durable(struct kumo_loop *l, struct kumo_conn *c)
+{
+	char text[256];
+	accepted_text(c, text, sizeof(text));
+	atomic_fetch_add(&l->n_received, 1);
+	for (size_t i = 0; i < c->nputs; i++)
+		kumo_delivery_enqueue(l, &c->puts[i], l->now_ms, 0);
+	log_receptions(l, c, text);
+	if (!c->dead)
+		kumo_smtp_server_reply(c->sm, 250, "2.0.0", text);
+}
+
 void kumo_server_spool_done(struct kumo_loop *l, struct kumo_conn *c, uint32_t gen,
 			    int status)
 {
 	bool mine = (c->gen & 0xffffff) == gen || (c->dead && ((c->gen - 1) & 0xffffff) == gen);
 	if (!c->in_use || !c->wait_spool || !mine)
 		return;
+	if (status < 0 && !c->put_status)
+		c->put_status = status;
+	if (--c->puts_pending > 0)
+		return;
 	c->wait_spool = false;
-	if (status == 0) {
-		char text[80], hex[KUMO_ID_HEX_LEN + 1];
-		kumo_id_hex(&c->env.id, hex);
-		snprintf(text, sizeof(text), "OK id=%s", hex);
-		atomic_fetch_add(&l->n_received, 1);
-		kumo_queues_add(&l->queues, &c->env, &c->loc);
-		log_receptions(l, c, text);
-		if (!c->dead)
-			kumo_smtp_server_reply(c->sm, 250, "2.0.0", text);
+	if (c->put_status == 0) {
+		message_durable(l, c);
 	} else {
 		struct kumo_reply r;
 		set_reply(&r, 452, "4.3.1", "Insufficient system storage");
-		kumo_elog(l->e, KUMO_LOG_ERROR, "spool write failed: %s", strerror(-status));
+		kumo_elog(l->e, KUMO_LOG_ERROR, "spool write failed: %s", strerror(-c->put_status));
 		log_rejection(l, c, "DATA", NULL, &r);
 		if (!c->dead)
 			kumo_smtp_server_reply(c->sm, r.code, r.enhanced, r.text);

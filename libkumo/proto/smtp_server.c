@@ -11,17 +11,17 @@
 #include <string.h>
 #include <strings.h>
 
-#define IN_INITIAL 16384      /* first input buffer; grows to in_max */
-#define OUT_HIGH_WATER 65536  /* unconsumed output that pauses parsing */
-#define DATA_INITIAL 16384    /* first message buffer */
-#define EVQ_LEN 4             /* one step queues at most two events */
-#define ENVID_MAX 100         /* RFC 3461 4.4 */
-#define ORCPT_MAX 500         /* RFC 3461 4.2 */
-#define REPLY_MAX 1024        /* a reply the machine formats itself */
+#define IN_INITIAL 16384     /* first input buffer; grows to in_max */
+#define OUT_HIGH_WATER 65536 /* unconsumed output that pauses parsing */
+#define DATA_INITIAL 16384   /* first message buffer */
+#define EVQ_LEN 4	     /* one step queues at most two events */
+#define ENVID_MAX 100	     /* RFC 3461 4.4 */
+#define ORCPT_MAX 500	     /* RFC 3461 4.2 */
+#define REPLY_MAX 1024	     /* a reply the machine formats itself */
 
 enum srv_state {
 	ST_INIT,     /* created: nothing is parsed before greet() */
-	ST_CMD,      /* reading command lines */
+	ST_CMD,	     /* reading command lines */
 	ST_LONGLINE, /* discarding an over-long command line up to its LF */
 	ST_DATA,     /* reading DATA content up to CRLF "." CRLF */
 	ST_CHUNK,    /* reading the octets of a BDAT chunk */
@@ -32,10 +32,10 @@ enum srv_decision { DEC_NONE = 0, DEC_MAIL, DEC_RCPT, DEC_MESSAGE };
 
 /* Position inside message data; BDAT uses only D_TEXT and D_CR. */
 enum data_state {
-	D_BOL,    /* at the start of a line (after CRLF, or right after 354) */
-	D_TEXT,   /* inside a line */
-	D_CR,     /* after a CR: an LF makes it a line end, anything else a bare CR */
-	D_DOT,    /* after "." at the start of a line */
+	D_BOL,	  /* at the start of a line (after CRLF, or right after 354) */
+	D_TEXT,	  /* inside a line */
+	D_CR,	  /* after a CR: an LF makes it a line end, anything else a bare CR */
+	D_DOT,	  /* after "." at the start of a line */
 	D_DOT_CR, /* after "." CR at the start of a line: an LF ends the data */
 };
 
@@ -43,68 +43,68 @@ enum data_state {
 struct parsed_cmd {
 	const char *addr; /* mailbox without brackets or source route */
 	size_t addr_len;
-	size_t size;      /* MAIL SIZE= */
+	size_t size; /* MAIL SIZE= */
 	enum kumo_smtp_body body;
 	bool smtputf8;
 	enum kumo_dsn_ret ret;
 	const char *envid; /* NUL-terminated in the line, or NULL */
 	unsigned notify;
 	const char *orcpt; /* NUL-terminated in the line, or NULL */
-	uint64_t chunk;    /* BDAT size */
-	bool last;         /* BDAT LAST */
+	uint64_t chunk;	   /* BDAT size */
+	bool last;	   /* BDAT LAST */
 };
 
 struct kumo_smtp_server {
 	/* Configuration */
-	char *hostname;                   /* our name in replies */
-	struct kumo_smtp_limits lim;      /* with defaults filled in */
+	char *hostname;			  /* our name in replies */
+	struct kumo_smtp_limits lim;	  /* with defaults filled in */
 	enum kumo_smtp_bare_eol bare_eol; /* bare CR/LF policy */
 
 	/* Session */
-	enum srv_state state;      /* what the next input bytes are */
+	enum srv_state state;	   /* what the next input bytes are */
 	enum srv_decision pending; /* the decision the embedder owes, if any */
-	bool helo;                 /* HELO or EHLO accepted */
-	bool esmtp;                /* ... and it was EHLO: extensions are on */
-	char *helo_name;           /* the client's HELO/EHLO argument */
-	bool eof;                  /* the peer closed its side */
-	bool oom;                  /* output could not be allocated: next() fails */
-	unsigned errors;           /* protocol errors so far */
-	unsigned messages;         /* transactions that reached the end of their data */
+	bool helo;		   /* HELO or EHLO accepted */
+	bool esmtp;		   /* ... and it was EHLO: extensions are on */
+	char *helo_name;	   /* the client's HELO/EHLO argument */
+	bool eof;		   /* the peer closed its side */
+	bool oom;		   /* output could not be allocated: next() fails */
+	unsigned errors;	   /* protocol errors so far */
+	unsigned messages;	   /* transactions that reached the end of their data */
 
 	/* Input: unparsed bytes are in[in_off, in_len) */
 	uint8_t *in;
-	size_t in_cap;  /* allocated */
-	size_t in_max;  /* bound on in_cap */
-	size_t in_off;  /* first unparsed byte */
-	size_t in_len;  /* end of buffered bytes */
-	size_t scan;    /* bytes after in_off known to hold no LF (command state) */
+	size_t in_cap; /* allocated */
+	size_t in_max; /* bound on in_cap */
+	size_t in_off; /* first unparsed byte */
+	size_t in_len; /* end of buffered bytes */
+	size_t scan;   /* bytes after in_off known to hold no LF (command state) */
 
 	/* Transaction */
-	struct kumo_smtp_txn txn;       /* the public view */
-	bool txn_active;                /* MAIL accepted */
-	bool bdat;                      /* a BDAT chunk was accepted in this transaction */
-	char *sender;                   /* owned strings behind txn */
+	struct kumo_smtp_txn txn; /* the public view */
+	bool txn_active;	  /* MAIL accepted */
+	bool bdat;		  /* a BDAT chunk was accepted in this transaction */
+	char *sender;		  /* owned strings behind txn */
 	char *envid;
-	struct kumo_smtp_rcpt *rcpts;   /* accepted recipients, strings owned */
+	struct kumo_smtp_rcpt *rcpts; /* accepted recipients, strings owned */
 	size_t rcpt_cap;
-	struct kumo_smtp_rcpt cand;     /* recipient awaiting its decision, strings owned */
-	struct parsed_cmd cmd;          /* the command between check and proceed */
+	struct kumo_smtp_rcpt cand; /* recipient awaiting its decision, strings owned */
+	struct parsed_cmd cmd;	    /* the command between check and proceed */
 
 	/* Message data */
 	enum data_state dstate;
 	uint8_t *data;
 	size_t data_len;
 	size_t data_cap;
-	bool too_big;    /* more than max_message_size: the rest is discarded */
-	bool bare_seen;  /* a bare CR or LF under BARE_EOL_REJECT */
-	bool data_nomem; /* the message buffer could not grow */
-	uint64_t chunk_left;     /* BDAT octets still to read */
-	bool chunk_last;         /* the chunk is the LAST one */
-	bool chunk_discard;      /* the chunk is read and thrown away, then chunk_err */
-	int chunk_code;          /* refusal sent after a discarded chunk */
+	bool too_big;	     /* more than max_message_size: the rest is discarded */
+	bool bare_seen;	     /* a bare CR or LF under BARE_EOL_REJECT */
+	bool data_nomem;     /* the message buffer could not grow */
+	uint64_t chunk_left; /* BDAT octets still to read */
+	bool chunk_last;     /* the chunk is the LAST one */
+	bool chunk_discard;  /* the chunk is read and thrown away, then refused */
+	int chunk_code;	     /* refusal sent after a discarded chunk */
 	const char *chunk_enh;
 	const char *chunk_text;
-	bool chunk_counts;       /* the refusal counts as a protocol error */
+	bool chunk_counts; /* the refusal counts as a protocol error */
 
 	/* Events */
 	struct kumo_smtp_ev evq[EVQ_LEN];
@@ -118,7 +118,7 @@ struct kumo_smtp_server {
 	size_t out_cap;
 
 	/* Time */
-	uint64_t now;        /* latest time seen */
+	uint64_t now;	     /* latest time seen */
 	uint64_t last_input; /* base of the deadline */
 	bool clock_restart;  /* input arrived or a decision was made: restart the deadline */
 };
@@ -231,8 +231,11 @@ static void put_reply(struct kumo_smtp_server *s, int code, const char *enh, con
 	}
 }
 
-__attribute__((format(printf, 4, 5))) static void reply(struct kumo_smtp_server *s, int code,
-							 const char *enh, const char *fmt, ...)
+/* put_reply() with a formatted single- or multi-line text. */
+static void reply(struct kumo_smtp_server *s, int code, const char *enh, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void reply(struct kumo_smtp_server *s, int code, const char *enh, const char *fmt, ...)
 {
 	char text[REPLY_MAX];
 	va_list ap;
@@ -457,8 +460,8 @@ static const char *scan_literal(const char *p)
 		size_t n = 0;
 
 		p += 5;
-		while (n < sizeof(buf) - 1 && (is_hexup(*p) || (*p >= 'a' && *p <= 'f') ||
-					       *p == ':' || *p == '.'))
+		while (n < sizeof(buf) - 1 &&
+		       (is_hexup(*p) || (*p >= 'a' && *p <= 'f') || *p == ':' || *p == '.'))
 			buf[n++] = *p++;
 		buf[n] = 0;
 		if (inet_pton(AF_INET6, buf, bin) != 1)
@@ -648,7 +651,8 @@ static bool parse_params(struct kumo_smtp_server *s, char *p, enum param_kind ki
 				unsigned char c = (unsigned char)*p++;
 
 				if (c < 33 || c == '=' || c == 127)
-					return cmd_fail(s, 501, "5.5.4", "Syntax error in parameters");
+					return cmd_fail(s, 501, "5.5.4",
+							"Syntax error in parameters");
 			}
 			if (p == val)
 				return cmd_fail(s, 501, "5.5.4", "Syntax error in parameters");
@@ -1030,10 +1034,10 @@ static void proceed_expn(struct kumo_smtp_server *s, char *args)
 
 static void proceed_help(struct kumo_smtp_server *s, char *args)
 {
-	reply(s, 214, "2.0.0",
-	      "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP");
+	reply(s, 214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP");
 }
 
+/* clang-format off */
 static const struct cmd commands[] = {
 	{ "EHLO", check_helo, proceed_ehlo },
 	{ "HELO", check_helo, proceed_helo },
@@ -1048,6 +1052,7 @@ static const struct cmd commands[] = {
 	{ "EXPN", NULL, proceed_expn },
 	{ "HELP", NULL, proceed_help },
 };
+/* clang-format on */
 
 /* One complete command line, LF included, NUL-terminated in place of the LF. */
 static void do_line(struct kumo_smtp_server *s, char *line, size_t len)
@@ -1512,6 +1517,10 @@ int kumo_smtp_server_next(struct kumo_smtp_server *s, uint64_t now_ms, struct ku
 			s->ev_head = (s->ev_head + 1) % EVQ_LEN;
 			s->ev_n--;
 			return 0;
+		}
+		if (s->state == ST_INIT && s->eof) {
+			queue_close(s);
+			continue;
 		}
 		if (s->state == ST_INIT || s->state == ST_CLOSED || s->pending)
 			return 0;

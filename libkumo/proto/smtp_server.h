@@ -120,7 +120,8 @@ void kumo_smtp_server_refuse(struct kumo_smtp_server *s, int code, const char *e
 /* Input. push() copies bytes in. The zero-copy pair: input_space() returns where up to
  * *len bytes may be written (NULL with *len 0 when the machine holds as much unparsed
  * input as it will buffer: stop reading until next() has run), input_commit() says how
- * many were written there. */
+ * many were written there. The space stays valid until the next call into the machine
+ * other than input_commit(). */
 int kumo_smtp_server_push(struct kumo_smtp_server *s, const void *buf, size_t len);
 /* push() returns 0, -ENOBUFS when len exceeds the free space (nothing is copied), -ENOMEM,
  * or -EPIPE once CLOSE is queued (input is no longer wanted). */

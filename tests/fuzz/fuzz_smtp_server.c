@@ -40,8 +40,8 @@ struct run {
 	struct kumo_smtp_server *s;
 	struct sbuf out, ev;
 	uint8_t dec_seed;
-	unsigned ndec;   /* decisions made: the index picks the next one */
-	uint32_t rng;    /* split and API-path choices, differ per run */
+	unsigned ndec; /* decisions made: the index picks the next one */
+	uint32_t rng;  /* split and API-path choices, differ per run */
 };
 
 static uint32_t rnd(struct run *r)
@@ -268,7 +268,7 @@ static void compare(const struct run *a, const struct run *b)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct kumo_smtp_server_cfg cfg = { .hostname = "mx.fuzz" };
+	struct kumo_smtp_server_cfg cfg = {.hostname = "mx.fuzz"};
 	struct run runs[3];
 	uint8_t flags;
 	size_t nruns;

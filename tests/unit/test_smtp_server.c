@@ -19,8 +19,8 @@
 
 /* ---- Server replies ---- */
 #define GREET "220 " HOST " ESMTP ready\r\n"
-#define EHLO_SIZE(n)                                                                      \
-	"250-" HOST "\r\n250-PIPELINING\r\n250-SIZE " n "\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n" \
+#define EHLO_SIZE(n)                                                                               \
+	"250-" HOST "\r\n250-PIPELINING\r\n250-SIZE " n "\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"     \
 	"250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 DSN\r\n"
 #define EHLO_OK EHLO_SIZE("52428800")
 #define HELO_OK "250 " HOST "\r\n"
@@ -54,11 +54,13 @@ struct decision {
 	const char *text;
 };
 
-#define ACCEPT { 0, NULL, NULL }
-#define DECS(...)                                                  \
-	.dec = (const struct decision[]){ __VA_ARGS__ },           \
-	.ndec = sizeof((const struct decision[]){ __VA_ARGS__ }) / \
-		sizeof(struct decision)
+#define ACCEPT                                                                                     \
+	{                                                                                          \
+		0, NULL, NULL                                                                      \
+	}
+#define DECS(...)                                                                                  \
+	.dec = (const struct decision[]){__VA_ARGS__},                                             \
+	.ndec = sizeof((const struct decision[]){__VA_ARGS__}) / sizeof(struct decision)
 
 typedef void (*hook_fn)(struct kumo_smtp_server *s, const struct kumo_smtp_ev *ev);
 
@@ -70,11 +72,11 @@ struct transcript {
 	size_t in_len; /* 0: strlen(in) */
 	const struct decision *dec;
 	size_t ndec;
-	bool eof;           /* the client closes after sending everything */
+	bool eof;	    /* the client closes after sending everything */
 	const char *refuse; /* refuse with this "code enh text" instead of greeting */
 	const char *out;    /* every byte the server sends */
 	const char *events; /* the events, space separated */
-	hook_fn hook;       /* called on each event */
+	hook_fn hook;	    /* called on each event */
 };
 
 /* ---- Harness ---- */
@@ -192,9 +194,8 @@ static void drain(struct run *r)
 				fail_msg("%s: no decision left for event %s", r->t->name, r->ev.p);
 			d = &r->t->dec[r->dec_i++];
 			if (d->code)
-				assert_int_equal(kumo_smtp_server_reply(r->s, d->code, d->enh,
-									d->text),
-						 0);
+				assert_int_equal(
+				    kumo_smtp_server_reply(r->s, d->code, d->enh, d->text), 0);
 			else
 				assert_int_equal(kumo_smtp_server_accept(r->s), 0);
 			collect_output(r);
@@ -245,11 +246,11 @@ enum feed_mode { FEED_WHOLE, FEED_SPLIT, FEED_BYTES };
 
 static void run_once(const struct transcript *t, enum feed_mode mode, size_t split)
 {
-	struct kumo_smtp_server_cfg cfg = { .hostname = HOST, .limits = t->limits,
-					    .bare_eol = t->bare_eol };
+	struct kumo_smtp_server_cfg cfg = {
+	    .hostname = HOST, .limits = t->limits, .bare_eol = t->bare_eol};
 	const uint8_t *in = (const uint8_t *)t->in;
 	size_t len = t->in_len ? t->in_len : strlen(t->in);
-	struct run r = { .t = t };
+	struct run r = {.t = t};
 
 	assert_int_equal(kumo_smtp_server_new(&cfg, NOW, &r.s), 0);
 	if (t->refuse)
@@ -310,15 +311,16 @@ static void dsn_hook(struct kumo_smtp_server *s, const struct kumo_smtp_ev *ev)
 		assert_false(txn->smtputf8);
 		assert_int_equal(txn->nrcpt, 0);
 	} else if (ev->type == KUMO_SMTP_EV_RCPT && !strcmp(ev->rcpt->addr, "x@y.test")) {
-		assert_int_equal(ev->rcpt->notify, KUMO_DSN_NOTIFY_SUCCESS | KUMO_DSN_NOTIFY_FAILURE |
-							   KUMO_DSN_NOTIFY_DELAY);
+		assert_int_equal(ev->rcpt->notify, KUMO_DSN_NOTIFY_SUCCESS |
+						       KUMO_DSN_NOTIFY_FAILURE |
+						       KUMO_DSN_NOTIFY_DELAY);
 		assert_string_equal(ev->rcpt->orcpt, "rfc822;x+40y.test");
 	} else if (ev->type == KUMO_SMTP_EV_MESSAGE) {
 		assert_int_equal(txn->nrcpt, 3);
 		assert_string_equal(txn->rcpts[0].addr, "x@y.test");
 		assert_int_equal(txn->rcpts[0].notify, KUMO_DSN_NOTIFY_SUCCESS |
-							       KUMO_DSN_NOTIFY_FAILURE |
-							       KUMO_DSN_NOTIFY_DELAY);
+							   KUMO_DSN_NOTIFY_FAILURE |
+							   KUMO_DSN_NOTIFY_DELAY);
 		assert_string_equal(txn->rcpts[0].orcpt, "rfc822;x+40y.test");
 		assert_string_equal(txn->rcpts[1].addr, "z@y.test");
 		assert_int_equal(txn->rcpts[1].notify, KUMO_DSN_NOTIFY_NEVER);
@@ -357,6 +359,17 @@ static void utf8_hook(struct kumo_smtp_server *s, const struct kumo_smtp_ev *ev)
 		assert_int_equal(txn->smtputf8, strcmp(txn->sender, "a@b.test") != 0);
 }
 
+static void body_hook(struct kumo_smtp_server *s, const struct kumo_smtp_ev *ev)
+{
+	const struct kumo_smtp_txn *txn = kumo_smtp_server_txn(s);
+
+	if (ev->type == KUMO_SMTP_EV_MAIL) {
+		assert_int_equal(txn->body, KUMO_SMTP_BODY_7BIT);
+		assert_int_equal(txn->ret, KUMO_DSN_RET_FULL);
+		assert_true(txn->smtputf8);
+	}
+}
+
 static void bdat_hook(struct kumo_smtp_server *s, const struct kumo_smtp_ev *ev)
 {
 	if (ev->type == KUMO_SMTP_EV_MESSAGE)
@@ -366,460 +379,486 @@ static void bdat_hook(struct kumo_smtp_server *s, const struct kumo_smtp_ev *ev)
 /* ---- Transcripts ---- */
 
 /* 510 octets: with CRLF exactly the default max_line. */
-#define LINE_510 "NOOP 0123456789012345678901234567890123456789012345678901234567890123456789" \
-		 "0123456789012345678901234567890123456789012345678901234567890123456789"  \
-		 "0123456789012345678901234567890123456789012345678901234567890123456789"  \
-		 "0123456789012345678901234567890123456789012345678901234567890123456789"  \
-		 "0123456789012345678901234567890123456789012345678901234567890123456789"  \
-		 "0123456789012345678901234567890123456789012345678901234567890123456789"  \
-		 "0123456789012345678901234567890123456789012345678901234567890123456789"  \
-		 "012345678901234"
+#define LINE_510                                                                                   \
+	"NOOP 0123456789012345678901234567890123456789012345678901234567890123456789"              \
+	"0123456789012345678901234567890123456789012345678901234567890123456789"                   \
+	"0123456789012345678901234567890123456789012345678901234567890123456789"                   \
+	"0123456789012345678901234567890123456789012345678901234567890123456789"                   \
+	"0123456789012345678901234567890123456789012345678901234567890123456789"                   \
+	"0123456789012345678901234567890123456789012345678901234567890123456789"                   \
+	"0123456789012345678901234567890123456789012345678901234567890123456789"                   \
+	"012345678901234"
 
 static const struct transcript transcripts[] = {
-	{
-		.name = "happy path with EHLO",
-		.in = C_EHLO C_MAIL C_RCPT "DATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\n" C_QUIT,
-		DECS(ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) "
-			  "MESSAGE(Subject: hi\\r\\n\\r\\nbody\\r\\n) CLOSE",
-		.hook = plain_txn_hook,
-	},
-	{
-		.name = "happy path with HELO, two messages, lower-case verbs",
-		.in = C_HELO "mail from:<a@b.test>\r\n" "rcpt to:<c@d.test>\r\n"
-		      "data\r\none\r\n.\r\n" C_MAIL "Rcpt To:<c@d.test>\r\nDaTa\r\ntwo\r\n.\r\n"
-		      "quit\r\n",
-		DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET HELO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK
-			BYE,
-		.events = "HELO(client.test) MAIL(a@b.test) RCPT(c@d.test) MESSAGE(one\\r\\n) "
-			  "MAIL(a@b.test) RCPT(c@d.test) MESSAGE(two\\r\\n) CLOSE",
-		.hook = plain_txn_hook,
-	},
-	{
-		.name = "HELO disables extensions",
-		.in = C_HELO "MAIL FROM:<a@b.test> SIZE=10\r\nMAIL FROM:<a@b.test> BODY=8BITMIME\r\n"
-		      "BDAT 4 LAST\r\nQUIT" C_QUIT,
-		.out = GREET HELO_OK "555 5.5.4 Parameters need EHLO\r\n"
-				     "555 5.5.4 Parameters need EHLO\r\n"
-				     "503 5.5.1 Send EHLO before BDAT\r\n" BYE,
-		.events = "HELO(client.test) CLOSE",
-	},
-	{
-		.name = "DSN and MAIL parameters stored in the transaction",
-		.in = C_EHLO "MAIL FROM:<a@b.test> RET=HDRS ENVID=QQ+2Bid SIZE=1000 BODY=8BITMIME\r\n"
-			     "RCPT TO:<x@y.test> NOTIFY=success,FAILURE,Delay ORCPT=rfc822;x+40y.test\r\n"
-			     "RCPT TO:<z@y.test> NOTIFY=NEVER\r\n"
-			     "RCPT TO:<plain@y.test>\r\nDATA\r\nx\r\n.\r\n",
-		DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK RCPT_OK RCPT_OK GO_AHEAD MSG_OK,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(x@y.test) RCPT(z@y.test) "
-			  "RCPT(plain@y.test) MESSAGE(x\\r\\n)",
-		.hook = dsn_hook,
-	},
-	{
-		.name = "bad parameter values",
-		.in = C_EHLO "MAIL FROM:<a@b.test> BODY=BINARYMIME\r\n"
-			     "MAIL FROM:<a@b.test> RET=ALL\r\n"
-			     "MAIL FROM:<a@b.test> SIZE=12k\r\n"
-			     "MAIL FROM:<a@b.test> ENVID=a=b\r\n"
-			     "MAIL FROM:<a@b.test> ENVID=a+2x\r\n"
-			     "MAIL FROM:<a@b.test> SMTPUTF8=yes\r\n"
-			     "MAIL FROM:<a@b.test> SIZE=1 SIZE=2\r\n"
-			     "MAIL FROM:<a@b.test> SIZE=\r\n"
-			     "MAIL FROM:<a@b.test>SIZE=1\r\n"
-			     "MAIL FROM:<a@b.test> AUTH=<>\r\n" C_MAIL
-			     "RCPT TO:<c@d.test> NOTIFY=NEVER,DELAY\r\n"
-			     "RCPT TO:<c@d.test> NOTIFY=SOMETIMES\r\n"
-			     "RCPT TO:<c@d.test> ORCPT=rfc822\r\n"
-			     "RCPT TO:<c@d.test> ORCPT=rfc822;a b\r\n"
-			     "RCPT TO:<c@d.test> XFOO\r\n" C_QUIT,
-		.limits = { .max_errors = 100 },
-		DECS(ACCEPT),
-		.out = GREET EHLO_OK BAD_PARAM BAD_PARAM BAD_PARAM "501 5.5.4 Syntax error in parameters\r\n"
-			BAD_PARAM BAD_PARAM "501 5.5.4 Duplicate parameter\r\n"
-			"501 5.5.4 Syntax error in parameters\r\n"
-			"501 5.5.4 Syntax error in parameters\r\n" UNSUP_PARAM MAIL_OK BAD_PARAM
-			BAD_PARAM BAD_PARAM UNSUP_PARAM UNSUP_PARAM BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) CLOSE",
-	},
-	{
-		.name = "addresses: null sender, postmaster, source route, quoted, literals",
-		.in = C_EHLO "MAIL FROM:<>\r\n"
-			     "RCPT TO:<postmaster>\r\n"
-			     "RCPT TO:<PostMaster>\r\n"
-			     "RCPT TO:<@relay.test,@r2.test:u@d.test>\r\n"
-			     "RCPT TO:<\"john q\\\"x\"@d.test>\r\n"
-			     "RCPT TO:<u@[192.0.2.1]>\r\n"
-			     "RCPT TO:<u@[IPv6:2001:db8::1]>\r\n"
-			     "RCPT TO:<a.b+c/d=e@sub-1.d.test> \r\n"
-			     "RCPT TO: <spaced@d.test>\r\n" C_QUIT,
-		DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK RCPT_OK RCPT_OK RCPT_OK RCPT_OK RCPT_OK RCPT_OK
-			RCPT_OK BYE,
-		.events = "EHLO(client.test) MAIL() RCPT(postmaster) RCPT(PostMaster) RCPT(u@d.test) "
-			  "RCPT(\"john q\\\"x\"@d.test) RCPT(u@[192.0.2.1]) RCPT(u@[IPv6:2001:db8::1]) "
-			  "RCPT(a.b+c/d=e@sub-1.d.test) RCPT(spaced@d.test) CLOSE",
-	},
-	{
-		.name = "address syntax errors",
-		.in = C_EHLO "MAIL FROM:<a@>\r\n"
-			     "MAIL FROM:a@b.test\r\n"
-			     "MAIL FROM <a@b.test>\r\n"
-			     "MAIL FROM:<a@b.test\r\n"
-			     "MAIL FROM:<a@-b.test>\r\n"
-			     "MAIL FROM:<@x:>\r\n" C_MAIL
-			     "RCPT TO:<>\r\n"
-			     "RCPT TO:<a..b@d.test>\r\n"
-			     "RCPT TO:<.a@d.test>\r\n"
-			     "RCPT TO:<u@[192.0.2.256]>\r\n"
-			     "RCPT TO:<u@[IPv6:zz::1]>\r\n"
-			     "RCPT TO:<u@[foo:bar]>\r\n"
-			     "RCPT TO:<postmaster@>\r\n"
-			     "RCPT TO:<\"unterminated@d.test>\r\n"
-			     "RCPT <c@d.test>\r\n" C_QUIT,
-		.limits = { .max_errors = 100 },
-		DECS(ACCEPT),
-		.out = GREET EHLO_OK BAD_FROM BAD_FROM "501 5.5.4 Syntax: MAIL FROM:<address>\r\n"
-			BAD_FROM BAD_FROM BAD_FROM MAIL_OK BAD_TO BAD_TO BAD_TO BAD_TO BAD_TO BAD_TO
-			BAD_TO BAD_TO "501 5.5.4 Syntax: RCPT TO:<address>\r\n" BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) CLOSE",
-	},
-	{
-		.name = "SMTPUTF8 addresses",
-		.in = C_EHLO "MAIL FROM:<j\xc3\xbcrgen@b.test>\r\n"
-			     "MAIL FROM:<j\xc3\xbcrgen@b.test> SMTPUTF8\r\n"
-			     "RCPT TO:<\xe7\x94\xa8\xe6\x88\xb7@\xe4\xbe\x8b\xe5\xad\x90.test>\r\n"
-			     "RCPT TO:<bad\xc3@b.test>\r\n"
-			     "RSET\r\n" C_MAIL "RCPT TO:<\xc3\xbc@b.test>\r\n" C_QUIT,
-		DECS(ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK NON_ASCII MAIL_OK RCPT_OK BAD_TO OK MAIL_OK NON_ASCII BYE,
-		.events = "EHLO(client.test) MAIL(j\\xc3\\xbcrgen@b.test) "
-			  "RCPT(\\xe7\\x94\\xa8\\xe6\\x88\\xb7@\\xe4\\xbe\\x8b\\xe5\\xad\\x90.test) RESET "
-			  "MAIL(a@b.test) CLOSE",
-		.hook = utf8_hook,
-	},
-	{
-		.name = "SIZE over the limit at MAIL",
-		.limits = { .max_message_size = 100 },
-		.in = C_EHLO "MAIL FROM:<a@b.test> SIZE=101\r\n"
-			     "MAIL FROM:<a@b.test> SIZE=99999999999999999999999\r\n"
-			     "MAIL FROM:<a@b.test> SIZE=100\r\n" C_QUIT,
-		DECS(ACCEPT),
-		.out = GREET EHLO_SIZE("100") TOO_BIG TOO_BIG MAIL_OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) CLOSE",
-	},
-	{
-		.name = "message over the size limit in DATA",
-		.limits = { .max_message_size = 20 },
-		.in = C_EHLO C_MAIL C_RCPT "DATA\r\n0123456789\r\n0123456789\r\n.\r\n" C_MAIL C_RCPT
-		      "DATA\r\n012345678901234567\r\n.\r\n" C_QUIT,
-		DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_SIZE("20") MAIL_OK RCPT_OK GO_AHEAD TOO_BIG MAIL_OK RCPT_OK
-			GO_AHEAD MSG_OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) RESET MAIL(a@b.test) "
-			  "RCPT(c@d.test) MESSAGE(012345678901234567\\r\\n) CLOSE",
-	},
-	{
-		.name = "command line length limit",
-		.in = C_EHLO LINE_510 "\r\n" LINE_510 "x\r\n" LINE_510 LINE_510 "\r\nNOOP\r\n",
-		.eof = true,
-		.out = GREET EHLO_OK OK LONG_LINE LONG_LINE OK,
-		.events = "EHLO(client.test) CLOSE",
-	},
-	{
-		.name = "recipient limit",
-		.limits = { .max_recipients = 2 },
-		.in = C_EHLO C_MAIL "RCPT TO:<r1@d.test>\r\nRCPT TO:<r2@d.test>\r\n"
-				    "RCPT TO:<r3@d.test>\r\nDATA\r\nm\r\n.\r\n" C_QUIT,
-		DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK RCPT_OK "452 4.5.3 Too many recipients\r\n"
-			GO_AHEAD MSG_OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(r1@d.test) RCPT(r2@d.test) "
-			  "MESSAGE(m\\r\\n) CLOSE",
-	},
-	{
-		.name = "rejected recipients do not count against the limit",
-		.limits = { .max_recipients = 1 },
-		.in = C_EHLO C_MAIL "RCPT TO:<r1@d.test>\r\nRCPT TO:<r2@d.test>\r\n"
-				    "RCPT TO:<r3@d.test>\r\n" C_QUIT,
-		DECS(ACCEPT, { 550, "5.1.1", "No such user" }, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK "550 5.1.1 No such user\r\n" RCPT_OK
-			"452 4.5.3 Too many recipients\r\n" BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(r1@d.test) RCPT(r2@d.test) CLOSE",
-	},
-	{
-		.name = "messages per connection",
-		.limits = { .max_messages = 2 },
-		.in = C_EHLO C_MAIL C_RCPT "DATA\r\n1\r\n.\r\n" C_MAIL C_RCPT "DATA\r\n2\r\n.\r\n"
-			     "NOOP\r\n" C_MAIL "NOOP\r\n",
-		DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, { 451, "4.3.0", "Try later" }),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK MAIL_OK RCPT_OK GO_AHEAD
-			"451 4.3.0 Try later\r\n" OK
-			"421 4.7.0 " HOST " Too many messages on this connection\r\n",
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) MESSAGE(1\\r\\n) "
-			  "MAIL(a@b.test) RCPT(c@d.test) MESSAGE(2\\r\\n) CLOSE",
-	},
-	{
-		.name = "error limit closes the connection",
-		.limits = { .max_errors = 3 },
-		.in = "FOO\r\n" C_EHLO "RCPT TO:<a@b.test>\r\nNOOP\r\nBAR\r\nNOOP\r\nQUIT\r\n",
-		.out = GREET UNKNOWN EHLO_OK NEED_MAIL OK UNKNOWN
-			"421 4.7.0 " HOST " Too many errors, closing connection\r\n",
-		.events = "EHLO(client.test) CLOSE",
-	},
-	{
-		.name = "every sequence and syntax error",
-		.limits = { .max_errors = 100 },
-		.in = "\r\nXYZZY\r\nMAILFROM:<a@b.test>\r\n" C_MAIL "EHLO\r\nHELO a b\r\n" C_EHLO
-		      C_RCPT "DATA\r\n" C_MAIL C_MAIL "DATA\r\nDATA x\r\nRSET x\r\nQUIT now\r\n"
-		      "VRFY\r\nVRFY someone\r\nEXPN list\r\nHELP\r\nHELP me\r\nNOOP\r\nNOOP hi\r\n"
-		      "RSET\r\n" C_QUIT,
-		DECS(ACCEPT),
-		.out = GREET UNKNOWN UNKNOWN UNKNOWN "503 5.5.1 Send HELO or EHLO first\r\n"
-			"501 5.5.4 Syntax: EHLO hostname\r\n501 5.5.4 Syntax: EHLO hostname\r\n"
-			EHLO_OK NEED_MAIL NEED_MAIL MAIL_OK "503 5.5.1 Nested MAIL command\r\n"
-			"554 5.5.1 No valid recipients\r\n"
-			"501 5.5.4 Syntax error: no arguments allowed\r\n"
-			"501 5.5.4 Syntax error: no arguments allowed\r\n"
-			"501 5.5.4 Syntax error: no arguments allowed\r\n"
-			"501 5.5.4 Syntax: VRFY address\r\n"
-			"252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n"
-			"502 5.5.1 Command not implemented\r\n"
-			"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\r\n"
-			"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\r\n"
-			OK OK OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RESET CLOSE",
-	},
-	{
-		.name = "pipelined MAIL RCPT RCPT DATA get replies in order",
-		.in = C_EHLO "MAIL FROM:<a@b.test>\r\nRCPT TO:<ok@d.test>\r\nRCPT TO:<no@d.test>\r\n"
-			     "DATA\r\nbody\r\n.\r\nQUIT\r\n",
-		DECS(ACCEPT, ACCEPT, { 550, "5.1.1", "User unknown" }, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK "550 5.1.1 User unknown\r\n" GO_AHEAD MSG_OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(ok@d.test) RCPT(no@d.test) "
-			  "MESSAGE(body\\r\\n) CLOSE",
-	},
-	{
-		.name = "dot-unstuffing",
-		.in = C_EHLO C_MAIL C_RCPT "DATA\r\n..leading\r\n.\r\n" C_MAIL C_RCPT
-					  "DATA\r\n..\r\n...\r\na.b\r\n.x\r\n\r\n.\r\n",
-		DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) MESSAGE(.leading\\r\\n) "
-			  "MAIL(a@b.test) RCPT(c@d.test) MESSAGE(.\\r\\n..\\r\\na.b\\r\\nx\\r\\n\\r\\n)",
-	},
-	{
-		.name = "empty message",
-		.in = C_EHLO C_MAIL C_RCPT "DATA\r\n.\r\n",
-		DECS(ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) MESSAGE()",
-	},
-	{
-		.name = "bare LF and bare CR rejected",
-		.in = C_EHLO C_MAIL C_RCPT "DATA\r\na\nb\r\n.\r\n" C_MAIL C_RCPT
-					  "DATA\r\na\rb\r\n.\r\n" C_MAIL C_RCPT
-					  "DATA\r\nend with CR\r\r\n.\r\n" C_QUIT,
-		DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD BARE MAIL_OK RCPT_OK GO_AHEAD BARE
-			MAIL_OK RCPT_OK GO_AHEAD BARE BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) RESET MAIL(a@b.test) "
-			  "RCPT(c@d.test) RESET MAIL(a@b.test) RCPT(c@d.test) RESET CLOSE",
-	},
-	{
-		.name = "bare LF and bare CR normalized",
-		.bare_eol = KUMO_SMTP_BARE_EOL_NORMALIZE,
-		.in = C_EHLO C_MAIL C_RCPT "DATA\r\na\nb\rc\r\r\nd\n\r\n.\r\n" C_QUIT,
-		DECS(ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) "
-			  "MESSAGE(a\\r\\nb\\r\\nc\\r\\n\\r\\nd\\r\\n\\r\\n) CLOSE",
-	},
-	{
-		.name = "smuggling: LF.LF and variants do not end DATA (reject)",
-		.in = C_EHLO C_MAIL C_RCPT "DATA\r\nhello\n.\nMAIL FROM:<evil@x.test>\r\n"
-					  "x\r\n.\nRCPT TO:<e@x.test>\r\ny\n.\r\nz\r\n.\r\r\n"
-					  "DATA\r\n.\r\n" C_QUIT,
-		DECS(ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD BARE BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) RESET CLOSE",
-	},
-	{
-		.name = "smuggling: LF.LF does not end DATA (normalize)",
-		.bare_eol = KUMO_SMTP_BARE_EOL_NORMALIZE,
-		.in = C_EHLO C_MAIL C_RCPT "DATA\r\nhello\n.\nMAIL FROM:<evil@x.test>\r\n"
-					  "x\r\n.\nQUIT\r\n.\r\n" C_QUIT,
-		DECS(ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) "
-			  "MESSAGE(hello\\r\\n.\\r\\nMAIL FROM:<evil@x.test>\\r\\nx\\r\\n\\r\\nQUIT\\r\\n) "
-			  "CLOSE",
-	},
-	{
-		.name = "bare LF in commands rejected",
-		.in = C_EHLO "NOOP\nNOOP\r\nMAIL FROM:<a@b.test>\r\r\n" C_QUIT,
-		.out = GREET EHLO_OK "500 5.5.2 Syntax error: bare LF in command\r\n" OK
-			"500 5.5.2 Syntax error: invalid character in command\r\n" BYE,
-		.events = "EHLO(client.test) CLOSE",
-	},
-	{
-		.name = "bare LF in commands accepted when normalizing",
-		.bare_eol = KUMO_SMTP_BARE_EOL_NORMALIZE,
-		.in = "EHLO client.test\nMAIL FROM:<a@b.test>\nRCPT TO:<c@d.test>\nDATA\nx\r\n.\r\n"
-		      "QUIT\n",
-		DECS(ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) MESSAGE(x\\r\\n) CLOSE",
-	},
-	{
-		.name = "BDAT chunks and LAST",
-		.in = C_EHLO C_MAIL C_RCPT "BDAT 5\r\nhelloBDAT 8 LAST\r\n world\r\n" C_MAIL C_RCPT
-					  "BDAT 3\r\nabcBDAT 0 LAST\r\n" C_QUIT,
-		DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK "250 2.0.0 5 octets received\r\n" MSG_OK MAIL_OK
-			RCPT_OK "250 2.0.0 3 octets received\r\n" MSG_OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) "
-			  "BDAT-MESSAGE(hello world\\r\\n) MAIL(a@b.test) RCPT(c@d.test) "
-			  "BDAT-MESSAGE(abc) CLOSE",
-		.hook = bdat_hook,
-	},
-	{
-		.name = "BDAT content is not parsed: dots, commands and NUL kept",
-		.in = C_EHLO C_MAIL C_RCPT "BDAT 17 LAST\r\n.\r\nQUIT\r\n\x00.\r\n..\r\n" C_QUIT,
-		.in_len = sizeof(C_EHLO C_MAIL C_RCPT "BDAT 17 LAST\r\n.\r\nQUIT\r\n\x00.\r\n..\r\n" C_QUIT) - 1,
-		DECS(ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK MSG_OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) "
-			  "BDAT-MESSAGE(.\\r\\nQUIT\\r\\n\\x00.\\r\\n..\\r\\n) CLOSE",
-	},
-	{
-		.name = "BDAT CR at a chunk end pairs with LF; bare LF rejected",
-		.in = C_EHLO C_MAIL C_RCPT "BDAT 3\r\nab\rBDAT 3 LAST\r\n\ncd" C_MAIL C_RCPT
-					  "BDAT 3 LAST\r\na\nb" C_MAIL C_RCPT "BDAT 2 LAST\r\na\r" C_QUIT,
-		DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK "250 2.0.0 3 octets received\r\n" MSG_OK MAIL_OK
-			RCPT_OK BARE MAIL_OK RCPT_OK BARE BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) BDAT-MESSAGE(ab\\r\\ncd) "
-			  "MAIL(a@b.test) RCPT(c@d.test) RESET MAIL(a@b.test) RCPT(c@d.test) RESET "
-			  "CLOSE",
-	},
-	{
-		.name = "BDAT bare LF normalized",
-		.bare_eol = KUMO_SMTP_BARE_EOL_NORMALIZE,
-		.in = C_EHLO C_MAIL C_RCPT "BDAT 5 LAST\r\na\nb\rc" C_QUIT,
-		DECS(ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK MSG_OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) "
-			  "BDAT-MESSAGE(a\\r\\nb\\r\\nc) CLOSE",
-	},
-	{
-		.name = "BDAT without MAIL or recipients consumes the chunk",
-		.in = C_EHLO "BDAT 6\r\nQUIT\r\n" C_MAIL "RCPT TO:<no@d.test>\r\n"
-			     "BDAT 6 LAST\r\nQUIT\r\nRSET\r\n" C_QUIT,
-		DECS(ACCEPT, { 550, "5.1.1", "No" }),
-		.out = GREET EHLO_OK NEED_MAIL MAIL_OK "550 5.1.1 No\r\n"
-			"503 5.5.1 No valid recipients\r\n" OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(no@d.test) RESET CLOSE",
-	},
-	{
-		.name = "BDAT over the size limit",
-		.limits = { .max_message_size = 10 },
-		.in = C_EHLO C_MAIL C_RCPT "BDAT 6\r\n123456BDAT 6\r\n789012BDAT 1 LAST\r\nx"
-					  C_MAIL C_RCPT "BDAT 11 LAST\r\n01234567890" C_QUIT,
-		DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_SIZE("10") MAIL_OK RCPT_OK "250 2.0.0 6 octets received\r\n"
-			TOO_BIG NEED_MAIL MAIL_OK RCPT_OK TOO_BIG BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) RESET MAIL(a@b.test) "
-			  "RCPT(c@d.test) RESET CLOSE",
-	},
-	{
-		.name = "BDAT sequence errors: DATA after BDAT, RCPT after BDAT, bad size",
-		.in = C_EHLO C_MAIL C_RCPT "BDAT 2\r\nabDATA\r\nRCPT TO:<x@d.test>\r\nBDAT x\r\n"
-					  "BDAT 1 FIRST\r\nBDAT 99999999999999999999\r\nBDAT\r\n"
-					  "BDAT 1 LAST\r\nc" C_QUIT,
-		DECS(ACCEPT, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK "250 2.0.0 2 octets received\r\n"
-			"503 5.5.1 DATA not allowed after BDAT\r\n"
-			"503 5.5.1 RCPT not allowed after BDAT\r\n"
-			"501 5.5.4 Syntax: BDAT size [LAST]\r\n501 5.5.4 Syntax: BDAT size [LAST]\r\n"
-			"501 5.5.4 Syntax: BDAT size [LAST]\r\n501 5.5.4 Syntax: BDAT size [LAST]\r\n"
-			MSG_OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) BDAT-MESSAGE(abc) CLOSE",
-	},
-	{
-		.name = "policy: MAIL refused, then RCPT needs MAIL",
-		.in = C_EHLO C_MAIL C_RCPT C_MAIL C_RCPT C_QUIT,
-		DECS({ 550, "5.7.1", "Sender blocked" }, ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK "550 5.7.1 Sender blocked\r\n" NEED_MAIL MAIL_OK RCPT_OK BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) MAIL(a@b.test) RCPT(c@d.test) CLOSE",
-	},
-	{
-		.name = "policy: message refused with a multi-line 451, transaction reset",
-		.in = C_EHLO C_MAIL C_RCPT "DATA\r\nx\r\n.\r\n" C_RCPT C_MAIL C_RCPT
-					  "DATA\r\ny\r\n.\r\n" C_QUIT,
-		DECS(ACCEPT, ACCEPT, { 451, "4.3.0", "Queue full\nTry again later\n" }, ACCEPT,
-		     ACCEPT, { 250, "2.0.0", "Queued as 42" }),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD
-			"451-4.3.0 Queue full\r\n451 4.3.0 Try again later\r\n" NEED_MAIL MAIL_OK
-			RCPT_OK GO_AHEAD "250 2.0.0 Queued as 42\r\n" BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) MESSAGE(x\\r\\n) "
-			  "MAIL(a@b.test) RCPT(c@d.test) MESSAGE(y\\r\\n) CLOSE",
-	},
-	{
-		.name = "policy: 2xx reply to RCPT adds it, default enhanced code, 421 closes",
-		.in = C_EHLO C_MAIL C_RCPT "RCPT TO:<x@d.test>\r\nDATA\r\nx\r\n.\r\n" C_QUIT,
-		DECS(ACCEPT, { 251, NULL, "Will forward" }, { 450, NULL, "Later" },
-		     { 421, "4.3.2", "Shutting down" }),
-		.out = GREET EHLO_OK MAIL_OK "251 2.0.0 Will forward\r\n450 4.0.0 Later\r\n"
-			GO_AHEAD "421 4.3.2 Shutting down\r\n",
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) RCPT(x@d.test) "
-			  "MESSAGE(x\\r\\n) CLOSE",
-	},
-	{
-		.name = "refuse at greeting",
-		.refuse = "Go away",
-		.in = C_EHLO C_QUIT,
-		.out = "554 5.7.1 Go away\r\n",
-		.events = "CLOSE",
-	},
-	{
-		.name = "EHLO during a transaction resets it",
-		.in = C_EHLO C_MAIL C_RCPT "EHLO again.test\r\n" C_RCPT C_QUIT,
-		DECS(ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK EHLO_OK NEED_MAIL BYE,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) RESET EHLO(again.test) "
-			  "CLOSE",
-	},
-	{
-		.name = "input after QUIT is ignored",
-		.in = C_EHLO C_QUIT "NOOP\r\n" C_MAIL,
-		.out = GREET EHLO_OK BYE,
-		.events = "EHLO(client.test) CLOSE",
-	},
-	{
-		.name = "peer closes in the middle of DATA",
-		.in = C_EHLO C_MAIL C_RCPT "DATA\r\npartial\r\n",
-		.eof = true,
-		DECS(ACCEPT, ACCEPT),
-		.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD,
-		.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) CLOSE",
-	},
-	{
-		.name = "peer closes after a partial command",
-		.in = C_EHLO "NOOP\r\nNOO",
-		.eof = true,
-		.out = GREET EHLO_OK OK,
-		.events = "EHLO(client.test) CLOSE",
-	},
+    {
+	.name = "happy path with EHLO",
+	.in = C_EHLO C_MAIL C_RCPT "DATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\n" C_QUIT,
+	DECS(ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) "
+		  "MESSAGE(Subject: hi\\r\\n\\r\\nbody\\r\\n) CLOSE",
+	.hook = plain_txn_hook,
+    },
+    {
+	.name = "happy path with HELO, two messages, lower-case verbs",
+	.in = C_HELO "mail from:<a@b.test>\r\n"
+		     "rcpt to:<c@d.test>\r\n"
+		     "data\r\none\r\n.\r\n" C_MAIL "Rcpt To:<c@d.test>\r\nDaTa\r\ntwo\r\n.\r\n"
+		     "quit\r\n",
+	DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET HELO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK BYE,
+	.events = "HELO(client.test) MAIL(a@b.test) RCPT(c@d.test) MESSAGE(one\\r\\n) "
+		  "MAIL(a@b.test) RCPT(c@d.test) MESSAGE(two\\r\\n) CLOSE",
+	.hook = plain_txn_hook,
+    },
+    {
+	.name = "HELO disables extensions",
+	.in = C_HELO "MAIL FROM:<a@b.test> SIZE=10\r\nMAIL FROM:<a@b.test> BODY=8BITMIME\r\n"
+		     "BDAT 4 LAST\r\nQUIT" C_QUIT,
+	.out = GREET HELO_OK "555 5.5.4 Parameters need EHLO\r\n"
+			     "555 5.5.4 Parameters need EHLO\r\n"
+			     "503 5.5.1 Send EHLO before BDAT\r\n" BYE,
+	.events = "HELO(client.test) CLOSE",
+    },
+    {
+	.name = "DSN and MAIL parameters stored in the transaction",
+	.in = C_EHLO "MAIL FROM:<a@b.test> RET=HDRS ENVID=QQ+2Bid SIZE=1000 BODY=8BITMIME\r\n"
+		     "RCPT TO:<x@y.test> NOTIFY=success,FAILURE,Delay ORCPT=rfc822;x+40y.test\r\n"
+		     "RCPT TO:<z@y.test> NOTIFY=NEVER\r\n"
+		     "RCPT TO:<plain@y.test>\r\nDATA\r\nx\r\n.\r\n",
+	DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK RCPT_OK RCPT_OK GO_AHEAD MSG_OK,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(x@y.test) RCPT(z@y.test) "
+		  "RCPT(plain@y.test) MESSAGE(x\\r\\n)",
+	.hook = dsn_hook,
+    },
+    {
+	.name = "bad parameter values",
+	.in = C_EHLO "MAIL FROM:<a@b.test> BODY=BINARYMIME\r\n"
+		     "MAIL FROM:<a@b.test> RET=ALL\r\n"
+		     "MAIL FROM:<a@b.test> SIZE=12k\r\n"
+		     "MAIL FROM:<a@b.test> ENVID=a=b\r\n"
+		     "MAIL FROM:<a@b.test> ENVID=a+2x\r\n"
+		     "MAIL FROM:<a@b.test> SMTPUTF8=yes\r\n"
+		     "MAIL FROM:<a@b.test> SIZE=1 SIZE=2\r\n"
+		     "MAIL FROM:<a@b.test> SIZE=\r\n"
+		     "MAIL FROM:<a@b.test> SIZE\r\n"
+		     "MAIL FROM:<a@b.test>SIZE=1\r\n"
+		     "MAIL FROM:<a@b.test> AUTH=<>\r\n" C_MAIL
+		     "RCPT TO:<c@d.test> NOTIFY=NEVER,DELAY\r\n"
+		     "RCPT TO:<c@d.test> NOTIFY=SOMETIMES\r\n"
+		     "RCPT TO:<c@d.test> ORCPT=rfc822\r\n"
+		     "RCPT TO:<c@d.test> ORCPT=rfc822;a b\r\n"
+		     "RCPT TO:<c@d.test> XFOO\r\n" C_QUIT,
+	.limits = {.max_errors = 100},
+	DECS(ACCEPT),
+	.out = GREET EHLO_OK BAD_PARAM BAD_PARAM BAD_PARAM
+	"501 5.5.4 Syntax error in parameters\r\n" BAD_PARAM BAD_PARAM
+	"501 5.5.4 Duplicate parameter\r\n"
+	"501 5.5.4 Syntax error in parameters\r\n" BAD_PARAM
+	"501 5.5.4 Syntax error in parameters\r\n" UNSUP_PARAM MAIL_OK BAD_PARAM BAD_PARAM BAD_PARAM
+	    UNSUP_PARAM UNSUP_PARAM BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) CLOSE",
+    },
+    {
+	.name = "addresses: null sender, postmaster, source route, quoted, literals",
+	.in = C_EHLO "MAIL FROM:<>\r\n"
+		     "RCPT TO:<postmaster>\r\n"
+		     "RCPT TO:<PostMaster>\r\n"
+		     "RCPT TO:<@relay.test,@r2.test:u@d.test>\r\n"
+		     "RCPT TO:<\"john q\\\"x\"@d.test>\r\n"
+		     "RCPT TO:<u@[192.0.2.1]>\r\n"
+		     "RCPT TO:<u@[IPv6:2001:db8::1]>\r\n"
+		     "RCPT TO:<a.b+c/d=e@sub-1.d.test> \r\n"
+		     "RCPT TO: <spaced@d.test>\r\n" C_QUIT,
+	DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK RCPT_OK RCPT_OK RCPT_OK RCPT_OK RCPT_OK RCPT_OK RCPT_OK
+	    BYE,
+	.events = "EHLO(client.test) MAIL() RCPT(postmaster) RCPT(PostMaster) RCPT(u@d.test) "
+		  "RCPT(\"john q\\\"x\"@d.test) RCPT(u@[192.0.2.1]) RCPT(u@[IPv6:2001:db8::1]) "
+		  "RCPT(a.b+c/d=e@sub-1.d.test) RCPT(spaced@d.test) CLOSE",
+    },
+    {
+	.name = "address syntax errors",
+	.in = C_EHLO "MAIL FROM:<a@>\r\n"
+		     "MAIL FROM:a@b.test\r\n"
+		     "MAIL FROM <a@b.test>\r\n"
+		     "MAIL FROM:<a@b.test\r\n"
+		     "MAIL FROM:<a@-b.test>\r\n"
+		     "MAIL FROM:<@x:>\r\n" C_MAIL "RCPT TO:<>\r\n"
+		     "RCPT TO:<a..b@d.test>\r\n"
+		     "RCPT TO:<.a@d.test>\r\n"
+		     "RCPT TO:<u@[192.0.2.256]>\r\n"
+		     "RCPT TO:<u@[IPv6:zz::1]>\r\n"
+		     "RCPT TO:<u@[foo:bar]>\r\n"
+		     "RCPT TO:<postmaster@>\r\n"
+		     "RCPT TO:<\"unterminated@d.test>\r\n"
+		     "RCPT <c@d.test>\r\n" C_QUIT,
+	.limits = {.max_errors = 100},
+	DECS(ACCEPT),
+	.out = GREET EHLO_OK BAD_FROM BAD_FROM
+	"501 5.5.4 Syntax: MAIL FROM:<address>\r\n" BAD_FROM BAD_FROM BAD_FROM MAIL_OK BAD_TO BAD_TO
+	    BAD_TO BAD_TO BAD_TO BAD_TO BAD_TO BAD_TO "501 5.5.4 Syntax: RCPT TO:<address>\r\n" BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) CLOSE",
+    },
+    {
+	.name = "SMTPUTF8 addresses",
+	.in = C_EHLO "MAIL FROM:<j\xc3\xbcrgen@b.test>\r\n"
+		     "MAIL FROM:<j\xc3\xbcrgen@b.test> SMTPUTF8\r\n"
+		     "RCPT TO:<\xe7\x94\xa8\xe6\x88\xb7@\xe4\xbe\x8b\xe5\xad\x90.test>\r\n"
+		     "RCPT TO:<bad\xc3@b.test>\r\n"
+		     "RSET\r\n" C_MAIL "RCPT TO:<\xc3\xbc@b.test>\r\n" C_QUIT,
+	DECS(ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK NON_ASCII MAIL_OK RCPT_OK BAD_TO OK MAIL_OK NON_ASCII BYE,
+	.events = "EHLO(client.test) MAIL(j\\xc3\\xbcrgen@b.test) "
+		  "RCPT(\\xe7\\x94\\xa8\\xe6\\x88\\xb7@\\xe4\\xbe\\x8b\\xe5\\xad\\x90.test) RESET "
+		  "MAIL(a@b.test) CLOSE",
+	.hook = utf8_hook,
+    },
+    {
+	.name = "BODY=7BIT, RET=FULL, 4-octet UTF-8, spaces around arguments",
+	.in = "EHLO   spaced.test  \r\n"
+	      "mail FROM:<\xf0\x9f\x98\x80@b.test> body=7bit ret=full smtputf8 \r\n"
+	      "RCPT TO:<c@d.test> ORCPT=utf-8;\xf0\x9f\x98\x80@b.test\r\n"
+	      "RCPT TO:<\xf0\x9f\x98@d.test>\r\n"
+	      "RCPT TO:<\xed\xa0\x80@d.test>\r\n"
+	      "RCPT TO:<\xc0\xaf@d.test>\r\n" C_QUIT,
+	DECS(ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK BAD_TO BAD_TO BAD_TO BYE,
+	.events = "EHLO(spaced.test) MAIL(\\xf0\\x9f\\x98\\x80@b.test) RCPT(c@d.test) CLOSE",
+	.hook = body_hook,
+    },
+    {
+	.name = "SIZE over the limit at MAIL",
+	.limits = {.max_message_size = 100},
+	.in = C_EHLO "MAIL FROM:<a@b.test> SIZE=101\r\n"
+		     "MAIL FROM:<a@b.test> SIZE=99999999999999999999999\r\n"
+		     "MAIL FROM:<a@b.test> SIZE=100\r\n" C_QUIT,
+	DECS(ACCEPT),
+	.out = GREET EHLO_SIZE("100") TOO_BIG TOO_BIG MAIL_OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) CLOSE",
+    },
+    {
+	.name = "message over the size limit in DATA",
+	.limits = {.max_message_size = 20},
+	.in = C_EHLO C_MAIL C_RCPT "DATA\r\n0123456789\r\n0123456789\r\n.\r\n" C_MAIL C_RCPT
+				   "DATA\r\n012345678901234567\r\n.\r\n" C_QUIT,
+	DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_SIZE("20")
+	    MAIL_OK RCPT_OK GO_AHEAD TOO_BIG MAIL_OK RCPT_OK GO_AHEAD MSG_OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) RESET MAIL(a@b.test) "
+		  "RCPT(c@d.test) MESSAGE(012345678901234567\\r\\n) CLOSE",
+    },
+    {
+	.name = "command line length limit",
+	.in = C_EHLO LINE_510 "\r\n" LINE_510 "x\r\n" LINE_510 LINE_510 "\r\nNOOP\r\n",
+	.eof = true,
+	.out = GREET EHLO_OK OK LONG_LINE LONG_LINE OK,
+	.events = "EHLO(client.test) CLOSE",
+    },
+    {
+	.name = "recipient limit",
+	.limits = {.max_recipients = 2},
+	.in = C_EHLO C_MAIL "RCPT TO:<r1@d.test>\r\nRCPT TO:<r2@d.test>\r\n"
+			    "RCPT TO:<r3@d.test>\r\nDATA\r\nm\r\n.\r\n" C_QUIT,
+	DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK RCPT_OK
+	"452 4.5.3 Too many recipients\r\n" GO_AHEAD MSG_OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(r1@d.test) RCPT(r2@d.test) "
+		  "MESSAGE(m\\r\\n) CLOSE",
+    },
+    {
+	.name = "rejected recipients do not count against the limit",
+	.limits = {.max_recipients = 1},
+	.in = C_EHLO C_MAIL "RCPT TO:<r1@d.test>\r\nRCPT TO:<r2@d.test>\r\n"
+			    "RCPT TO:<r3@d.test>\r\n" C_QUIT,
+	DECS(ACCEPT, {550, "5.1.1", "No such user"}, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK "550 5.1.1 No such user\r\n" RCPT_OK
+				     "452 4.5.3 Too many recipients\r\n" BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(r1@d.test) RCPT(r2@d.test) CLOSE",
+    },
+    {
+	.name = "messages per connection",
+	.limits = {.max_messages = 2},
+	.in = C_EHLO C_MAIL C_RCPT "DATA\r\n1\r\n.\r\n" C_MAIL C_RCPT "DATA\r\n2\r\n.\r\n"
+				   "NOOP\r\n" C_MAIL "NOOP\r\n",
+	DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, {451, "4.3.0", "Try later"}),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK MAIL_OK RCPT_OK GO_AHEAD
+	"451 4.3.0 Try later\r\n" OK "421 4.7.0 " HOST " Too many messages on this connection\r\n",
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) MESSAGE(1\\r\\n) "
+		  "MAIL(a@b.test) RCPT(c@d.test) MESSAGE(2\\r\\n) CLOSE",
+    },
+    {
+	.name = "error limit closes the connection",
+	.limits = {.max_errors = 3},
+	.in = "FOO\r\n" C_EHLO "RCPT TO:<a@b.test>\r\nNOOP\r\nBAR\r\nNOOP\r\nQUIT\r\n",
+	.out = GREET UNKNOWN EHLO_OK NEED_MAIL OK UNKNOWN
+	"421 4.7.0 " HOST " Too many errors, closing connection\r\n",
+	.events = "EHLO(client.test) CLOSE",
+    },
+    {
+	.name = "every sequence and syntax error",
+	.limits = {.max_errors = 100},
+	.in = "\r\nXYZZY\r\nMAILFROM:<a@b.test>\r\n" C_MAIL "EHLO\r\nHELO a b\r\n" C_EHLO C_RCPT
+	      "DATA\r\n" C_MAIL C_MAIL "DATA\r\nDATA x\r\nRSET x\r\nQUIT now\r\n"
+	      "VRFY\r\nVRFY someone\r\nEXPN list\r\nHELP\r\nHELP me\r\nNOOP\r\nNOOP hi\r\n"
+	      "RSET\r\n" C_QUIT,
+	DECS(ACCEPT),
+	.out = GREET UNKNOWN UNKNOWN UNKNOWN
+	"503 5.5.1 Send HELO or EHLO first\r\n"
+	"501 5.5.4 Syntax: EHLO hostname\r\n501 5.5.4 Syntax: EHLO hostname\r\n" EHLO_OK NEED_MAIL
+	    NEED_MAIL MAIL_OK "503 5.5.1 Nested MAIL command\r\n"
+	"554 5.5.1 No valid recipients\r\n"
+	"501 5.5.4 Syntax error: no arguments allowed\r\n"
+	"501 5.5.4 Syntax error: no arguments allowed\r\n"
+	"501 5.5.4 Syntax error: no arguments allowed\r\n"
+	"501 5.5.4 Syntax: VRFY address\r\n"
+	"252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n"
+	"502 5.5.1 Command not implemented\r\n"
+	"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\r\n"
+	"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\r\n" OK OK OK
+	    BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RESET CLOSE",
+    },
+    {
+	.name = "pipelined MAIL RCPT RCPT DATA get replies in order",
+	.in = C_EHLO "MAIL FROM:<a@b.test>\r\nRCPT TO:<ok@d.test>\r\nRCPT TO:<no@d.test>\r\n"
+		     "DATA\r\nbody\r\n.\r\nQUIT\r\n",
+	DECS(ACCEPT, ACCEPT, {550, "5.1.1", "User unknown"}, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK "550 5.1.1 User unknown\r\n" GO_AHEAD MSG_OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(ok@d.test) RCPT(no@d.test) "
+		  "MESSAGE(body\\r\\n) CLOSE",
+    },
+    {
+	.name = "dot-unstuffing",
+	.in = C_EHLO C_MAIL C_RCPT "DATA\r\n..leading\r\n.\r\n" C_MAIL C_RCPT
+				   "DATA\r\n..\r\n...\r\na.b\r\n.x\r\n\r\n.\r\n",
+	DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) MESSAGE(.leading\\r\\n) "
+		  "MAIL(a@b.test) RCPT(c@d.test) MESSAGE(.\\r\\n..\\r\\na.b\\r\\nx\\r\\n\\r\\n)",
+    },
+    {
+	.name = "empty message",
+	.in = C_EHLO C_MAIL C_RCPT "DATA\r\n.\r\n",
+	DECS(ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) MESSAGE()",
+    },
+    {
+	.name = "bare LF and bare CR rejected",
+	.in = C_EHLO C_MAIL C_RCPT "DATA\r\na\nb\r\n.\r\n" C_MAIL C_RCPT
+				   "DATA\r\na\rb\r\n.\r\n" C_MAIL C_RCPT
+				   "DATA\r\nend with CR\r\r\n.\r\n" C_QUIT,
+	DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD BARE MAIL_OK RCPT_OK GO_AHEAD BARE MAIL_OK
+	    RCPT_OK GO_AHEAD BARE BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) RESET MAIL(a@b.test) "
+		  "RCPT(c@d.test) RESET MAIL(a@b.test) RCPT(c@d.test) RESET CLOSE",
+    },
+    {
+	.name = "bare LF and bare CR normalized",
+	.bare_eol = KUMO_SMTP_BARE_EOL_NORMALIZE,
+	.in = C_EHLO C_MAIL C_RCPT "DATA\r\na\nb\rc\r\r\nd\n\r\n.\r\n" C_QUIT,
+	DECS(ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) "
+		  "MESSAGE(a\\r\\nb\\r\\nc\\r\\n\\r\\nd\\r\\n\\r\\n) CLOSE",
+    },
+    {
+	.name = "smuggling: LF.LF and variants do not end DATA (reject)",
+	.in = C_EHLO C_MAIL C_RCPT "DATA\r\nhello\n.\nMAIL FROM:<evil@x.test>\r\n"
+				   "x\r\n.\nRCPT TO:<e@x.test>\r\ny\n.\r\nz\r\n.\r\r\n"
+				   "DATA\r\n.\r\n" C_QUIT,
+	DECS(ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD BARE BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) RESET CLOSE",
+    },
+    {
+	.name = "smuggling: LF.LF does not end DATA (normalize)",
+	.bare_eol = KUMO_SMTP_BARE_EOL_NORMALIZE,
+	.in = C_EHLO C_MAIL C_RCPT "DATA\r\nhello\n.\nMAIL FROM:<evil@x.test>\r\n"
+				   "x\r\n.\nQUIT\r\n.\r\n" C_QUIT,
+	DECS(ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) "
+		  "MESSAGE(hello\\r\\n.\\r\\nMAIL FROM:<evil@x.test>\\r\\nx\\r\\n\\r\\nQUIT\\r\\n) "
+		  "CLOSE",
+    },
+    {
+	.name = "bare LF in commands rejected",
+	.in = C_EHLO "NOOP\nNOOP\r\nMAIL FROM:<a@b.test>\r\r\n" C_QUIT,
+	.out = GREET EHLO_OK "500 5.5.2 Syntax error: bare LF in command\r\n" OK
+			     "500 5.5.2 Syntax error: invalid character in command\r\n" BYE,
+	.events = "EHLO(client.test) CLOSE",
+    },
+    {
+	.name = "bare LF in commands accepted when normalizing",
+	.bare_eol = KUMO_SMTP_BARE_EOL_NORMALIZE,
+	.in = "EHLO client.test\nMAIL FROM:<a@b.test>\nRCPT TO:<c@d.test>\nDATA\nx\r\n.\r\n"
+	      "QUIT\n",
+	DECS(ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD MSG_OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) MESSAGE(x\\r\\n) CLOSE",
+    },
+    {
+	.name = "BDAT chunks and LAST",
+	.in = C_EHLO C_MAIL C_RCPT "BDAT 5\r\nhelloBDAT 8 LAST\r\n world\r\n" C_MAIL C_RCPT
+				   "BDAT 3\r\nabcBDAT 0 LAST\r\n" C_QUIT,
+	DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
+	.out =
+	    GREET EHLO_OK MAIL_OK RCPT_OK "250 2.0.0 5 octets received\r\n" MSG_OK MAIL_OK RCPT_OK
+					  "250 2.0.0 3 octets received\r\n" MSG_OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) "
+		  "BDAT-MESSAGE(hello world\\r\\n) MAIL(a@b.test) RCPT(c@d.test) "
+		  "BDAT-MESSAGE(abc) CLOSE",
+	.hook = bdat_hook,
+    },
+    {
+	.name = "BDAT content is not parsed: dots, commands and NUL kept",
+	.in = C_EHLO C_MAIL C_RCPT "BDAT 17 LAST\r\n.\r\nQUIT\r\n\x00.\r\n..\r\n" C_QUIT,
+	.in_len =
+	    sizeof(C_EHLO C_MAIL C_RCPT "BDAT 17 LAST\r\n.\r\nQUIT\r\n\x00.\r\n..\r\n" C_QUIT) - 1,
+	DECS(ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK MSG_OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) "
+		  "BDAT-MESSAGE(.\\r\\nQUIT\\r\\n\\x00.\\r\\n..\\r\\n) CLOSE",
+    },
+    {
+	.name = "BDAT CR at a chunk end pairs with LF; bare LF rejected",
+	.in = C_EHLO C_MAIL C_RCPT "BDAT 3\r\nab\rBDAT 3 LAST\r\n\ncd" C_MAIL C_RCPT
+				   "BDAT 3 LAST\r\na\nb" C_MAIL C_RCPT "BDAT 2 LAST\r\na\r" C_QUIT,
+	DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK
+	"250 2.0.0 3 octets received\r\n" MSG_OK MAIL_OK RCPT_OK BARE MAIL_OK RCPT_OK BARE BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) BDAT-MESSAGE(ab\\r\\ncd) "
+		  "MAIL(a@b.test) RCPT(c@d.test) RESET MAIL(a@b.test) RCPT(c@d.test) RESET "
+		  "CLOSE",
+    },
+    {
+	.name = "BDAT bare LF normalized",
+	.bare_eol = KUMO_SMTP_BARE_EOL_NORMALIZE,
+	.in = C_EHLO C_MAIL C_RCPT "BDAT 5 LAST\r\na\nb\rc" C_QUIT,
+	DECS(ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK MSG_OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) "
+		  "BDAT-MESSAGE(a\\r\\nb\\r\\nc) CLOSE",
+    },
+    {
+	.name = "BDAT without MAIL or recipients consumes the chunk",
+	.in = C_EHLO "BDAT 6\r\nQUIT\r\n" C_MAIL "RCPT TO:<no@d.test>\r\n"
+		     "BDAT 6 LAST\r\nQUIT\r\nRSET\r\n" C_QUIT,
+	DECS(ACCEPT, {550, "5.1.1", "No"}),
+	.out = GREET EHLO_OK NEED_MAIL MAIL_OK "550 5.1.1 No\r\n"
+					       "503 5.5.1 No valid recipients\r\n" OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(no@d.test) RESET CLOSE",
+    },
+    {
+	.name = "BDAT over the size limit",
+	.limits = {.max_message_size = 10},
+	.in = C_EHLO C_MAIL C_RCPT "BDAT 6\r\n123456BDAT 6\r\n789012BDAT 1 LAST\r\nx" C_MAIL C_RCPT
+				   "BDAT 11 LAST\r\n01234567890" C_QUIT,
+	DECS(ACCEPT, ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_SIZE("10") MAIL_OK RCPT_OK
+	"250 2.0.0 6 octets received\r\n" TOO_BIG NEED_MAIL MAIL_OK RCPT_OK TOO_BIG BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) RESET MAIL(a@b.test) "
+		  "RCPT(c@d.test) RESET CLOSE",
+    },
+    {
+	.name = "BDAT chunk over the limit once normalized",
+	.bare_eol = KUMO_SMTP_BARE_EOL_NORMALIZE,
+	.limits = {.max_message_size = 10},
+	.in = C_EHLO C_MAIL C_RCPT "BDAT 6 \r\n\n\n\n\n\n\nBDAT 1 LAST  \r\nx" C_QUIT,
+	DECS(ACCEPT, ACCEPT),
+	.out = GREET EHLO_SIZE("10") MAIL_OK RCPT_OK TOO_BIG NEED_MAIL BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) RESET CLOSE",
+    },
+    {
+	.name = "BDAT sequence errors: DATA after BDAT, RCPT after BDAT, bad size",
+	.in = C_EHLO C_MAIL C_RCPT "BDAT 2\r\nabDATA\r\nRCPT TO:<x@d.test>\r\nBDAT x\r\n"
+				   "BDAT 1 FIRST\r\nBDAT 99999999999999999999\r\nBDAT\r\n"
+				   "BDAT 1 LAST\r\nc" C_QUIT,
+	DECS(ACCEPT, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK
+	"250 2.0.0 2 octets received\r\n"
+	"503 5.5.1 DATA not allowed after BDAT\r\n"
+	"503 5.5.1 RCPT not allowed after BDAT\r\n"
+	"501 5.5.4 Syntax: BDAT size [LAST]\r\n501 5.5.4 Syntax: BDAT size [LAST]\r\n"
+	"501 5.5.4 Syntax: BDAT size [LAST]\r\n501 5.5.4 Syntax: BDAT size [LAST]\r\n" MSG_OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) BDAT-MESSAGE(abc) CLOSE",
+    },
+    {
+	.name = "policy: MAIL refused, then RCPT needs MAIL",
+	.in = C_EHLO C_MAIL C_RCPT C_MAIL C_RCPT C_QUIT,
+	DECS({550, "5.7.1", "Sender blocked"}, ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK "550 5.7.1 Sender blocked\r\n" NEED_MAIL MAIL_OK RCPT_OK BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) MAIL(a@b.test) RCPT(c@d.test) CLOSE",
+    },
+    {
+	.name = "policy: message refused with a multi-line 451, transaction reset",
+	.in = C_EHLO C_MAIL C_RCPT "DATA\r\nx\r\n.\r\n" C_RCPT C_MAIL C_RCPT
+				   "DATA\r\ny\r\n.\r\n" C_QUIT,
+	DECS(ACCEPT, ACCEPT, {451, "4.3.0", "Queue full\nTry again later\n"}, ACCEPT, ACCEPT,
+	     {250, "2.0.0", "Queued as 42"}),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD
+	"451-4.3.0 Queue full\r\n451 4.3.0 Try again later\r\n" NEED_MAIL MAIL_OK RCPT_OK GO_AHEAD
+	"250 2.0.0 Queued as 42\r\n" BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) MESSAGE(x\\r\\n) "
+		  "MAIL(a@b.test) RCPT(c@d.test) MESSAGE(y\\r\\n) CLOSE",
+    },
+    {
+	.name = "policy: 2xx reply to RCPT adds it, default enhanced code, 421 closes",
+	.in = C_EHLO C_MAIL C_RCPT "RCPT TO:<x@d.test>\r\nDATA\r\nx\r\n.\r\n" C_QUIT,
+	DECS(ACCEPT, {251, NULL, "Will forward"}, {450, NULL, "Later"},
+	     {421, "4.3.2", "Shutting down"}),
+	.out = GREET EHLO_OK MAIL_OK "251 2.0.0 Will forward\r\n450 4.0.0 Later\r\n" GO_AHEAD
+				     "421 4.3.2 Shutting down\r\n",
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) RCPT(x@d.test) "
+		  "MESSAGE(x\\r\\n) CLOSE",
+    },
+    {
+	.name = "refuse at greeting",
+	.refuse = "Go away",
+	.in = C_EHLO C_QUIT,
+	.out = "554 5.7.1 Go away\r\n",
+	.events = "CLOSE",
+    },
+    {
+	.name = "EHLO during a transaction resets it",
+	.in = C_EHLO C_MAIL C_RCPT "EHLO again.test\r\n" C_RCPT C_QUIT,
+	DECS(ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK EHLO_OK NEED_MAIL BYE,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) RESET EHLO(again.test) "
+		  "CLOSE",
+    },
+    {
+	.name = "input after QUIT is ignored",
+	.in = C_EHLO C_QUIT "NOOP\r\n" C_MAIL,
+	.out = GREET EHLO_OK BYE,
+	.events = "EHLO(client.test) CLOSE",
+    },
+    {
+	.name = "peer closes in the middle of DATA",
+	.in = C_EHLO C_MAIL C_RCPT "DATA\r\npartial\r\n",
+	.eof = true,
+	DECS(ACCEPT, ACCEPT),
+	.out = GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD,
+	.events = "EHLO(client.test) MAIL(a@b.test) RCPT(c@d.test) CLOSE",
+    },
+    {
+	.name = "peer closes after a partial command",
+	.in = C_EHLO "NOOP\r\nNOO",
+	.eof = true,
+	.out = GREET EHLO_OK OK,
+	.events = "EHLO(client.test) CLOSE",
+    },
 };
 
 /* ---- Other tests ---- */
 
 static struct kumo_smtp_server *make(const struct kumo_smtp_limits *lim, uint64_t now)
 {
-	struct kumo_smtp_server_cfg cfg = { .hostname = HOST };
+	struct kumo_smtp_server_cfg cfg = {.hostname = HOST};
 	struct kumo_smtp_server *s;
 
 	if (lim)
@@ -858,22 +897,31 @@ static void push_str(struct kumo_smtp_server *s, const char *str)
 
 static void test_command_timeout(void **state)
 {
-	struct kumo_smtp_limits lim = { .command_timeout_ms = 5000 };
+	struct kumo_smtp_limits lim = {.command_timeout_ms = 5000};
 	struct kumo_smtp_server *s = make(&lim, 1000);
 
 	assert_string_equal(take_output(s), GREET);
 	assert_int_equal(kumo_smtp_server_deadline(s), 6000);
+	/* Input pushed but not yet parsed counts as activity for tick(). */
+	push_str(s, "NO");
+	kumo_smtp_server_tick(s, 5999);
+	assert_int_equal(kumo_smtp_server_deadline(s), 10999);
+	kumo_smtp_server_tick(s, 6000);
+	assert_string_equal(take_output(s), "");
+	push_str(s, "OP\r\n");
+	assert_int_equal(next_type(s, 6000), KUMO_SMTP_EV_NONE);
+	assert_string_equal(take_output(s), OK);
 	push_str(s, C_EHLO);
-	assert_int_equal(next_type(s, 3000), KUMO_SMTP_EV_HELO);
-	assert_int_equal(next_type(s, 3000), KUMO_SMTP_EV_NONE);
-	assert_int_equal(kumo_smtp_server_deadline(s), 8000);
-	kumo_smtp_server_tick(s, 7999);
-	assert_int_equal(next_type(s, 7999), KUMO_SMTP_EV_NONE);
+	assert_int_equal(next_type(s, 7000), KUMO_SMTP_EV_HELO);
+	assert_int_equal(next_type(s, 7000), KUMO_SMTP_EV_NONE);
+	assert_int_equal(kumo_smtp_server_deadline(s), 12000);
+	kumo_smtp_server_tick(s, 11999);
+	assert_int_equal(next_type(s, 11999), KUMO_SMTP_EV_NONE);
 	assert_string_equal(take_output(s), EHLO_OK);
-	kumo_smtp_server_tick(s, 8000);
+	kumo_smtp_server_tick(s, 12000);
 	assert_string_equal(take_output(s), "421 4.4.2 " HOST " Timeout, closing connection\r\n");
-	assert_int_equal(next_type(s, 8000), KUMO_SMTP_EV_CLOSE);
-	assert_int_equal(next_type(s, 8000), KUMO_SMTP_EV_NONE);
+	assert_int_equal(next_type(s, 12000), KUMO_SMTP_EV_CLOSE);
+	assert_int_equal(next_type(s, 12000), KUMO_SMTP_EV_NONE);
 	assert_int_equal(kumo_smtp_server_deadline(s), UINT64_MAX);
 	assert_int_equal(kumo_smtp_server_push(s, "NOOP\r\n", 6), -EPIPE);
 	kumo_smtp_server_free(s);
@@ -881,7 +929,7 @@ static void test_command_timeout(void **state)
 
 static void test_data_timeout(void **state)
 {
-	struct kumo_smtp_limits lim = { .command_timeout_ms = 5000, .data_timeout_ms = 2000 };
+	struct kumo_smtp_limits lim = {.command_timeout_ms = 5000, .data_timeout_ms = 2000};
 	struct kumo_smtp_server *s = make(&lim, 0);
 
 	push_str(s, C_EHLO C_MAIL C_RCPT);
@@ -905,14 +953,14 @@ static void test_data_timeout(void **state)
 	kumo_smtp_server_tick(s, 1003999);
 	kumo_smtp_server_tick(s, 1004000);
 	assert_string_equal(take_output(s), GREET EHLO_OK MAIL_OK RCPT_OK GO_AHEAD
-				"421 4.4.2 " HOST " Timeout, closing connection\r\n");
+			    "421 4.4.2 " HOST " Timeout, closing connection\r\n");
 	assert_int_equal(next_type(s, 1004000), KUMO_SMTP_EV_CLOSE);
 	kumo_smtp_server_free(s);
 }
 
 static void test_bdat_timeout(void **state)
 {
-	struct kumo_smtp_limits lim = { .command_timeout_ms = 5000, .data_timeout_ms = 2000 };
+	struct kumo_smtp_limits lim = {.command_timeout_ms = 5000, .data_timeout_ms = 2000};
 	struct kumo_smtp_server *s = make(&lim, 0);
 	struct kumo_smtp_ev ev;
 
@@ -1013,9 +1061,9 @@ static void test_large_message(void **state)
 
 static void test_api_errors(void **state)
 {
-	struct kumo_smtp_server_cfg cfg = { .hostname = HOST };
+	struct kumo_smtp_server_cfg cfg = {.hostname = HOST};
 	struct kumo_smtp_server *s;
-	struct kumo_smtp_limits lim = { .max_line = 1000 };
+	struct kumo_smtp_limits lim = {.max_line = 1000};
 
 	assert_int_equal(kumo_smtp_server_new(NULL, 0, &s), -EINVAL);
 	cfg.hostname = NULL;
@@ -1072,7 +1120,7 @@ static void test_api_errors(void **state)
 	assert_string_equal(take_output(s), "554-Busy\r\n554 Try later\r\n");
 	assert_int_equal(next_type(s, 0), KUMO_SMTP_EV_CLOSE);
 	assert_int_equal(next_type(s, 0), KUMO_SMTP_EV_NONE);
-	assert_null(kumo_smtp_server_input_space(s, &(size_t){ 0 }));
+	assert_null(kumo_smtp_server_input_space(s, &(size_t){0}));
 	kumo_smtp_server_free(s);
 }
 
@@ -1080,12 +1128,9 @@ int main(void)
 {
 	size_t nt = sizeof(transcripts) / sizeof(transcripts[0]);
 	const struct CMUnitTest fixed[] = {
-		cmocka_unit_test(test_command_timeout),
-		cmocka_unit_test(test_data_timeout),
-		cmocka_unit_test(test_bdat_timeout),
-		cmocka_unit_test(test_input_full_while_pending),
-		cmocka_unit_test(test_large_message),
-		cmocka_unit_test(test_api_errors),
+	    cmocka_unit_test(test_command_timeout), cmocka_unit_test(test_data_timeout),
+	    cmocka_unit_test(test_bdat_timeout),    cmocka_unit_test(test_input_full_while_pending),
+	    cmocka_unit_test(test_large_message),   cmocka_unit_test(test_api_errors),
 	};
 	size_t nf = sizeof(fixed) / sizeof(fixed[0]);
 	struct CMUnitTest *tests = calloc(nt + nf, sizeof(*tests));

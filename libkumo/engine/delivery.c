@@ -1,0 +1,1254 @@
+/* Delivery on a loop: due messages move from the timer wheel to their queue's site (MX
+ * set, smart host or route), each site's ready queue feeds outbound SMTP connections,
+ * and every recipient's outcome is logged and made durable: delete when all are done,
+ * an updated envelope with the attempt count and next due time otherwise. */
+#include "engine/internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "engine/dns.h"
+#include "proto/dsn.h"
+#include "proto/smtp_client.h"
+
+#define SITE_TTL_MS (5 * 60 * 1000)
+
+enum oc_state {
+	OC_CONNECTING = 0, /* TCP connect in flight */
+	OC_SESSION,        /* greeting/EHLO, or a transaction running */
+	OC_LOADING,        /* reading the next message from the spool */
+	OC_IDLE,           /* on its site's idle list */
+	OC_QUITTING,
+};
+
+/* One outbound connection. */
+struct kumo_oconn {
+	uint32_t gen;
+	int fd;
+	bool in_use, dead, established;
+	bool recv_busy, send_busy, read_busy, eof;
+	enum oc_state state;
+	uint32_t inflight;       /* SQEs posted for this slot and not completed */
+	uint32_t next_free, idle_next;
+	uint32_t site;
+	unsigned host, addr;     /* the address being tried or used */
+	uint64_t since_ms;       /* connect start or idle start */
+	struct kumo_smtp_client *sm;
+	uint8_t *rbuf;
+	size_t rpos, rlen;
+	struct kumo_buf sbuf;
+	size_t sent;
+	unsigned deliveries;
+	/* the message in flight */
+	uint32_t msg;
+	uint8_t *mbuf;
+	size_t mcap;
+	struct kumo_envelope env;
+	bool env_valid;
+	const uint8_t *data;
+	size_t data_len;
+	size_t next_rcpt;        /* first recipient not yet tried in this attempt */
+	size_t *batch;           /* recipient indexes of the running transaction */
+	struct kumo_smtp_client_rcpt *crcpts;
+	size_t nbatch, capbatch;
+	bool any_temp;           /* some recipient got a temporary failure this attempt */
+	char peer_name[256];
+	char peer_addr[48];
+};
+
+struct kumo_delivery {
+	struct kumo_loop *l;
+	struct kumo_dns *dns;
+	struct kumo_oconn *oc;
+	uint32_t noc, free_head, live;
+	struct kumo_smtp_client_cfg ccfg;
+	uint32_t smart_site;
+	uint32_t *route_sites;   /* per engine route */
+	struct kumo_buf dsn;
+	uint64_t dsn_seq;
+	bool stopping;
+	bool started;            /* start() ran: routes exist, due messages may move */
+	/* settings with defaults applied */
+	uint64_t retry_ms, max_retry_ms, max_age_ms;
+	unsigned conn_limit, max_deliveries, max_batch;
+	uint32_t idle_ms, connect_ms;
+	uint16_t mx_port;
+};
+
+static void oc_pump(struct kumo_delivery *d, struct kumo_oconn *oc);
+static void site_kick(struct kumo_delivery *d, uint32_t site);
+static void make_due(struct kumo_delivery *d, uint32_t m);
+
+static uint64_t or_default(uint64_t v, uint64_t def)
+{
+	return v ? v : def;
+}
+
+/* ---- sites ---------------------------------------------------------------------- */
+
+static int addr_to_host(const char *host_port, uint16_t default_port,
+			struct kumo_site_host *h)
+{
+	char host[64];
+	const char *colon = strrchr(host_port, ':');
+	size_t hl = colon ? (size_t)(colon - host_port) : strlen(host_port);
+	const char *p = host_port;
+	if (*p == '[' && hl >= 2)
+		p++, hl -= 2;
+	if (hl >= sizeof(host))
+		return -EINVAL;
+	memcpy(host, p, hl);
+	host[hl] = 0;
+	uint16_t port = colon ? (uint16_t)atoi(colon + 1) : default_port;
+	struct sockaddr_storage *ss = calloc(1, sizeof(*ss));
+	if (!ss || !(h->name = strdup(host))) {
+		free(ss);
+		return -ENOMEM;
+	}
+	struct sockaddr_in *in = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+	if (inet_pton(AF_INET, host, &in->sin_addr) == 1) {
+		in->sin_family = AF_INET;
+		in->sin_port = htons(port);
+	} else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons(port);
+	} else {
+		free(ss);
+		free(h->name);
+		return -EINVAL;
+	}
+	h->addrs = ss;
+	h->naddrs = 1;
+	return 0;
+}
+
+/* A site for a fixed host ("ip:port"): the smart host or a domain route. */
+static uint32_t fixed_site(struct kumo_delivery *d, const char *host_port)
+{
+	char name[300];
+	snprintf(name, sizeof(name), "smarthost:%s", host_port);
+	uint32_t s = kumo_site_intern(&d->l->queues, name);
+	if (s == KUMO_NONE)
+		return s;
+	struct kumo_site_host *h = calloc(1, sizeof(*h));
+	if (!h || addr_to_host(host_port, 25, h) < 0) {
+		free(h);
+		return KUMO_NONE;
+	}
+	kumo_site_set_hosts(&d->l->queues.sites[s], h, 1);
+	return s;
+}
+
+static int hosts_from_mx(const struct kumo_mx_result *r, uint16_t port,
+			 struct kumo_site_host **out)
+{
+	struct kumo_site_host *hosts = calloc(r->nhosts ? r->nhosts : 1, sizeof(*hosts));
+	if (!hosts)
+		return -ENOMEM;
+	for (size_t i = 0; i < r->nhosts; i++) {
+		const struct kumo_mx_host *mh = &r->hosts[i];
+		hosts[i].name = strdup(mh->name);
+		hosts[i].addrs = calloc(mh->naddrs ? mh->naddrs : 1, sizeof(*hosts[i].addrs));
+		if (!hosts[i].name || !hosts[i].addrs) {
+			hosts[i].naddrs = 0;
+			continue;
+		}
+		for (size_t k = 0; k < mh->naddrs; k++) {
+			struct sockaddr_storage *ss = &hosts[i].addrs[k];
+			if (mh->addrs[k].family == AF_INET) {
+				struct sockaddr_in *in = (struct sockaddr_in *)ss;
+				in->sin_family = AF_INET;
+				in->sin_port = htons(port);
+				memcpy(&in->sin_addr, mh->addrs[k].addr, 4);
+			} else {
+				struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+				in6->sin6_family = AF_INET6;
+				in6->sin6_port = htons(port);
+				memcpy(&in6->sin6_addr, mh->addrs[k].addr, 16);
+			}
+		}
+		hosts[i].naddrs = mh->naddrs;
+	}
+	*out = hosts;
+	return 0;
+}
+
+/* The site a queue's messages go to without DNS (smart host or route), or KUMO_NONE. */
+static uint32_t fixed_route(struct kumo_delivery *d, const struct kumo_queue *q)
+{
+	const struct kumo_engine *e = d->l->e;
+	for (size_t i = 0; d->route_sites && i < e->nroutes; i++)
+		if (strcasecmp(e->routes[i].domain, q->domain) == 0)
+			return d->route_sites[i];
+	return d->smart_site;
+}
+
+/* ---- logging and outcomes -------------------------------------------------------- */
+
+struct outcome {
+	int code;
+	const char *enhanced;
+	const char *text;
+	const char *command;
+};
+
+static const char *record_type(int code)
+{
+	return code >= 200 && code < 300 ? "Delivery" : code >= 500 ? "Bounce" : "TransientFailure";
+}
+
+static void log_outcome(struct kumo_delivery *d, uint32_t m, const struct kumo_envelope *env,
+			const char *rcpt, const char *type, const struct outcome *o,
+			const struct kumo_oconn *oc, size_t size)
+{
+	struct kumo_loop *l = d->l;
+	const struct kumo_qmsg *msg = &l->queues.msgs[m];
+	const struct kumo_queue *q = &l->queues.queues[msg->queue];
+	const char *site = q->site != KUMO_NONE ? l->queues.sites[q->site].name : "";
+	if (oc)
+		site = l->queues.sites[oc->site].name;
+	struct kumo_log_fields f = {
+		.type = type, .id = &msg->id, .sender = env ? env->sender : NULL,
+		.recipient = rcpt, .queue = q->name, .size = size, .code = o->code,
+		.enhanced = o->enhanced && *o->enhanced ? o->enhanced : NULL,
+		.content = o->text, .command = o->command,
+		.peer_addr = oc ? oc->peer_addr : "", .peer_name = oc ? oc->peer_name : "",
+		.created_ms = kumo_id_ms(&msg->id), .meta = env ? env->meta : NULL,
+		.nmeta = env ? env->nmeta : 0, .site = site, .num_attempts = msg->attempts + 1u,
+		.delivery = true};
+	kumo_log_record(l, &f);
+}
+
+/* Builds a DSN for the recipients in idx (all with the same outcome o) and queues it. */
+static void send_dsn(struct kumo_delivery *d, const struct kumo_envelope *env,
+		     const size_t *idx, size_t n, const struct outcome *o, const char *status,
+		     const char *remote, const uint8_t *data, size_t data_len)
+{
+	struct kumo_loop *l = d->l;
+	if (!kumo_dsn_sender_ok(env->sender) || n == 0)
+		return;
+	struct kumo_dsn_rcpt *r = calloc(n, sizeof(*r));
+	char (*finals)[300] = calloc(n, sizeof(*finals));
+	char diag[600], remote_mta[300], token[64];
+	if (!r || !finals)
+		goto out;
+	snprintf(diag, sizeof(diag), "smtp; %d %s%s%s", o->code, o->enhanced ? o->enhanced : "",
+		 o->enhanced && *o->enhanced ? " " : "", o->text ? o->text : "");
+	snprintf(remote_mta, sizeof(remote_mta), "dns; %s", remote ? remote : "");
+	for (size_t i = 0; i < n; i++) {
+		const struct kumo_env_rcpt *er = &env->rcpts[idx[i]];
+		snprintf(finals[i], sizeof(finals[i]), "rfc822;%s", er->addr);
+		r[i] = (struct kumo_dsn_rcpt){.final_rcpt = finals[i], .orcpt = er->orcpt,
+					      .action = KUMO_DSN_ACTION_FAILED,
+					      .status = status,
+					      .remote_mta = remote && *remote ? remote_mta : NULL,
+					      .diagnostic = diag,
+					      .last_attempt_ms = (int64_t)l->now_ms};
+	}
+	char from[300];
+	snprintf(from, sizeof(from), "MAILER-DAEMON@%s", l->e->hostname);
+	snprintf(token, sizeof(token), "dsn.%llx.%u.%llu", (unsigned long long)l->now_ms,
+		 l->index, (unsigned long long)++d->dsn_seq);
+	struct kumo_dsn_report rep = {.hostname = l->e->hostname, .from = from,
+				      .to = env->sender, .message_id = token,
+				      .now_ms = (int64_t)l->now_ms, .envid = env->envid,
+				      .arrival_ms = (int64_t)env->created_ms, .rcpts = r,
+				      .nrcpt = n, .msg = data, .msg_len = data_len,
+				      .ret = (enum kumo_dsn_ret)env->ret};
+	d->dsn.len = 0;
+	unsigned flags = 0;
+	if (kumo_dsn_build(&rep, &d->dsn, &flags) < 0)
+		goto out;
+	struct kumo_env_rcpt to = {.addr = env->sender};
+	struct kumo_envelope de = {.sender = "", .nrcpt = 1, .rcpts = &to,
+				   .created_ms = l->now_ms, .due_ms = l->now_ms,
+				   .smtputf8 = (flags & KUMO_DSN_OUT_SMTPUTF8) != 0,
+				   .body = (flags & KUMO_DSN_OUT_8BITMIME) ? 2 : 0};
+	kumo_id_next(&l->ids, l->now_ms, &de.id);
+	struct iovec iov = {.iov_base = d->dsn.data, .iov_len = d->dsn.len};
+	struct kumo_put p;
+	char qname[512];
+	kumo_envelope_queue_name(&de, to.addr, qname, sizeof(qname));
+	p.id = de.id;
+	p.queue = kumo_queue_intern(&l->queues, qname);
+	/* queued at once: the record reaches the disk with the batch in progress */
+	if (p.queue != KUMO_NONE &&
+	    kumo_loop_spool_message(l, &de, &iov, 1, NULL, &p.loc) == 0)
+		kumo_delivery_enqueue(l, &p, l->now_ms, 0);
+out:
+	free(r);
+	free(finals);
+}
+
+static uint64_t backoff_ms(const struct kumo_delivery *d, unsigned attempts)
+{
+	uint64_t v = d->retry_ms;
+	for (unsigned i = 1; i < attempts && v < d->max_retry_ms; i++)
+		v *= 2;
+	return v < d->max_retry_ms ? v : d->max_retry_ms;
+}
+
+static bool expired(const struct kumo_delivery *d, uint32_t m)
+{
+	return d->l->now_ms >= kumo_id_ms(&d->l->queues.msgs[m].id) + d->max_age_ms;
+}
+
+static size_t pending_count(const struct kumo_envelope *env, size_t **idx)
+{
+	size_t n = 0;
+	*idx = malloc((env->nrcpt ? env->nrcpt : 1) * sizeof(**idx));
+	for (size_t i = 0; *idx && i < env->nrcpt; i++)
+		if (env->rcpts[i].state == KUMO_RCPT_PENDING)
+			(*idx)[n++] = i;
+	return n;
+}
+
+/* Expiration: every pending recipient gets a record and a DSN; the message goes. */
+static void expire_now(struct kumo_delivery *d, uint32_t m, struct kumo_envelope *env,
+		       const uint8_t *data, size_t data_len)
+{
+	size_t *idx;
+	size_t n = pending_count(env, &idx);
+	struct outcome o = {.code = 551, .enhanced = "5.4.7",
+			    .text = "Delivery time expired: message was queued too long"};
+	for (size_t i = 0; i < n; i++) {
+		log_outcome(d, m, env, env->rcpts[idx[i]].addr, "Expiration", &o, NULL, data_len);
+		env->rcpts[idx[i]].state = KUMO_RCPT_DONE;
+	}
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++)
+		if (kumo_dsn_should_notify(env->rcpts[idx[i]].notify, KUMO_DSN_ACTION_FAILED))
+			idx[k++] = idx[i];
+	send_dsn(d, env, idx, k, &o, KUMO_DSN_STATUS_EXPIRED, NULL, data, data_len);
+	free(idx);
+}
+
+/* The end of an attempt: delete, expire, or persist the new state and reschedule. */
+static void finish_message(struct kumo_delivery *d, uint32_t m, struct kumo_envelope *env,
+			   const uint8_t *data, size_t data_len, bool attempted)
+{
+	struct kumo_loop *l = d->l;
+	struct kumo_qmsg *msg = &l->queues.msgs[m];
+	size_t *idx;
+	size_t pending = pending_count(env, &idx);
+	free(idx);
+	if (pending && (expired(d, m) || d->max_age_ms == 0)) {
+		expire_now(d, m, env, data, data_len);
+		pending = 0;
+	}
+	if (!pending) {
+		kumo_spool_delete(l->spool, &msg->id, &msg->loc, NULL);
+		kumo_qmsg_release(&l->queues, m);
+		return;
+	}
+	if (attempted && msg->attempts < 65535)
+		msg->attempts++;
+	uint64_t due = l->now_ms + backoff_ms(d, msg->attempts ? msg->attempts : 1);
+	uint64_t deadline = kumo_id_ms(&msg->id) + d->max_age_ms;
+	if (due > deadline)
+		due = deadline; /* one last look at the expiry time */
+	env->attempts = msg->attempts;
+	env->due_ms = due;
+	msg->due_s = (uint32_t)((due + 999) / 1000);
+	size_t need = kumo_envelope_encode(env, (uint8_t *)l->scratch.data, l->scratch.cap);
+	if (need > l->scratch.cap) {
+		l->scratch.len = 0;
+		if (kumo_buf_reserve(&l->scratch, need) == 0)
+			kumo_envelope_encode(env, (uint8_t *)l->scratch.data, l->scratch.cap);
+	}
+	if (need <= l->scratch.cap)
+		kumo_spool_update(l->spool, &msg->id, &msg->loc, (uint8_t *)l->scratch.data, need,
+				  NULL);
+	kumo_wheel_insert(&l->queues, m);
+}
+
+/* Reads a message synchronously (failure paths without a connection) and applies o to
+ * every pending recipient: a 5xx bounces them, a 4xx counts an attempt. */
+static void fail_offline(struct kumo_delivery *d, uint32_t m, const struct outcome *o)
+{
+	struct kumo_loop *l = d->l;
+	struct kumo_qmsg *msg = &l->queues.msgs[m];
+	uint8_t *buf = malloc(msg->loc.length);
+	const uint8_t *envb, *data;
+	size_t env_len, data_len;
+	struct kumo_envelope env;
+	if (!buf || kumo_spool_read(l->spool, &msg->loc, buf, &envb, &env_len, &data,
+				    &data_len) < 0 ||
+	    kumo_envelope_decode(envb, env_len, &env) < 0) {
+		kumo_elog(l->e, KUMO_LOG_ERROR, "queued message unreadable from the spool; "
+						"dropped from the queue until restart");
+		free(buf);
+		kumo_qmsg_release(&l->queues, m);
+		return;
+	}
+	size_t *idx;
+	size_t n = pending_count(&env, &idx), k = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct kumo_env_rcpt *r = &env.rcpts[idx[i]];
+		log_outcome(d, m, &env, r->addr, record_type(o->code), o, NULL, data_len);
+		if (o->code >= 500) {
+			r->state = KUMO_RCPT_DONE;
+			if (kumo_dsn_should_notify(r->notify, KUMO_DSN_ACTION_FAILED))
+				idx[k++] = idx[i];
+		}
+	}
+	if (o->code >= 500)
+		send_dsn(d, &env, idx, k, o, o->enhanced, NULL, data, data_len);
+	free(idx);
+	finish_message(d, m, &env, data, data_len, true);
+	kumo_envelope_release(&env);
+	free(buf);
+}
+
+/* A temporary failure without reading the message (site unreachable, DNS trouble): the
+ * attempt count grows in RAM and is persisted with the next real attempt. */
+static void defer_cheap(struct kumo_delivery *d, uint32_t m, const struct outcome *o)
+{
+	struct kumo_loop *l = d->l;
+	struct kumo_qmsg *msg = &l->queues.msgs[m];
+	if (expired(d, m)) {
+		fail_offline(d, m, o); /* reads it: expires with DSNs */
+		return;
+	}
+	log_outcome(d, m, NULL, NULL, "TransientFailure", o, NULL, 0);
+	if (msg->attempts < 65535)
+		msg->attempts++;
+	uint64_t due = l->now_ms + backoff_ms(d, msg->attempts);
+	uint64_t deadline = kumo_id_ms(&msg->id) + d->max_age_ms;
+	msg->due_s = (uint32_t)(((due < deadline ? due : deadline) + 999) / 1000);
+	kumo_wheel_insert(&l->queues, m);
+}
+
+/* ---- scheduling ------------------------------------------------------------------ */
+
+int kumo_delivery_enqueue(struct kumo_loop *l, const struct kumo_put *p, uint64_t due_ms,
+			  unsigned attempts)
+{
+	uint32_t m = kumo_qmsg_new(&l->queues, &p->id, &p->loc, p->queue, due_ms, attempts);
+	if (m == KUMO_NONE)
+		return -ENOMEM;
+	struct kumo_delivery *d = l->dlv;
+	if (!d || l->e->cfg.no_delivery) {
+		l->queues.msgs[m].state = KUMO_Q_SCHEDULED;
+		return 0;
+	}
+	if (due_ms <= l->now_ms && !d->stopping && d->started)
+		make_due(d, m);
+	else
+		kumo_wheel_insert(&l->queues, m);
+	return 0;
+}
+
+static void ready_push(struct kumo_delivery *d, uint32_t site, uint32_t m)
+{
+	struct kumo_site *s = &d->l->queues.sites[site];
+	d->l->queues.msgs[m].state = KUMO_Q_READY;
+	kumo_list_push(&d->l->queues, &s->ready_head, &s->ready_tail, m);
+	s->nready++;
+}
+
+static void perm_dns_failure(struct kumo_delivery *d, uint32_t m, const struct kumo_mx_result *r)
+{
+	struct outcome o = {.code = 550, .enhanced = "5.1.2", .text = r->error};
+	if (r->status == KUMO_DNS_PERM_NULL_MX)
+		o = (struct outcome){.code = 556, .enhanced = "5.1.10",
+				     .text = "Recipient domain has a null MX (RFC 7505)"};
+	fail_offline(d, m, &o);
+}
+
+static void mx_resolved(const struct kumo_mx_result *r, void *arg)
+{
+	struct kumo_loop *l = arg;
+	struct kumo_delivery *d = l->dlv;
+	uint32_t qi = kumo_queue_find(&l->queues, r->domain);
+	/* every queue of this domain (several tenants/campaigns) was parked on it */
+	for (uint32_t i = 0; i < l->queues.nqueues; i++) {
+		struct kumo_queue *q = &l->queues.queues[i];
+		if (!q->resolving || strcasecmp(q->domain, r->domain) != 0)
+			continue;
+		q->resolving = false;
+		uint32_t site = KUMO_NONE;
+		struct kumo_site_host *hosts;
+		if (r->status == KUMO_DNS_OK && hosts_from_mx(r, d->mx_port, &hosts) == 0) {
+			site = kumo_site_intern(&l->queues, r->site);
+			if (site != KUMO_NONE)
+				kumo_site_set_hosts(&l->queues.sites[site], hosts, r->nhosts);
+			q = &l->queues.queues[i];
+			q->site = site;
+			q->site_expires_ms = l->now_ms + SITE_TTL_MS;
+		}
+		struct outcome temp = {.code = 451, .enhanced = "4.4.3", .text = r->error};
+		uint32_t m;
+		while ((m = kumo_list_pop(&l->queues, &l->queues.queues[i].parked_head,
+					  &l->queues.queues[i].parked_tail)) != KUMO_NONE) {
+			if (site != KUMO_NONE)
+				ready_push(d, site, m);
+			else if (r->status == KUMO_DNS_TEMP || r->status == KUMO_DNS_OK)
+				defer_cheap(d, m, &temp);
+			else
+				perm_dns_failure(d, m, r);
+		}
+		if (site != KUMO_NONE)
+			site_kick(d, site);
+	}
+	(void)qi;
+}
+
+static void make_due(struct kumo_delivery *d, uint32_t m)
+{
+	struct kumo_loop *l = d->l;
+	struct kumo_qmsg *msg = &l->queues.msgs[m];
+	struct kumo_queue *q = &l->queues.queues[msg->queue];
+	uint32_t site = fixed_route(d, q);
+	if (site == KUMO_NONE && q->site != KUMO_NONE && l->now_ms < q->site_expires_ms)
+		site = q->site;
+	if (site != KUMO_NONE) {
+		ready_push(d, site, m);
+		site_kick(d, site);
+		return;
+	}
+	msg->state = KUMO_Q_PARKED;
+	kumo_list_push(&l->queues, &q->parked_head, &q->parked_tail, m);
+	if (q->resolving)
+		return;
+	q->resolving = true;
+	char domain[256];
+	snprintf(domain, sizeof(domain), "%s", q->domain);
+	kumo_dns_resolve_mx(d->dns, domain, l->now_ms, mx_resolved, l);
+}
+
+/* ---- outbound connections -------------------------------------------------------- */
+
+static uint64_t oc_ud(const struct kumo_delivery *d, const struct kumo_oconn *oc,
+		      enum kumo_op op)
+{
+	return kumo_ud(op, oc->gen, (uint32_t)(oc - d->oc));
+}
+
+static struct kumo_oconn *oc_alloc(struct kumo_delivery *d)
+{
+	if (d->free_head == KUMO_NONE) {
+		uint32_t n = d->noc ? d->noc * 2 : 64;
+		struct kumo_oconn *a = realloc(d->oc, n * sizeof(*a));
+		if (!a)
+			return NULL;
+		memset(a + d->noc, 0, (n - d->noc) * sizeof(*a));
+		for (uint32_t i = d->noc; i < n; i++) {
+			a[i].next_free = i + 1 < n ? i + 1 : KUMO_NONE;
+			a[i].fd = -1;
+		}
+		d->oc = a;
+		d->free_head = d->noc;
+		d->noc = n;
+	}
+	struct kumo_oconn *oc = &d->oc[d->free_head];
+	d->free_head = oc->next_free;
+	oc->in_use = true;
+	oc->dead = oc->established = oc->eof = false;
+	oc->recv_busy = oc->send_busy = oc->read_busy = false;
+	oc->msg = KUMO_NONE;
+	oc->deliveries = 0;
+	oc->rpos = oc->rlen = oc->sent = 0;
+	oc->sbuf.len = 0;
+	oc->host = oc->addr = 0;
+	oc->peer_name[0] = oc->peer_addr[0] = 0;
+	d->live++;
+	return oc;
+}
+
+static void oc_maybe_release(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	if (!oc->dead || oc->inflight)
+		return;
+	kumo_smtp_client_free(oc->sm);
+	oc->sm = NULL;
+	if (oc->env_valid)
+		kumo_envelope_release(&oc->env);
+	oc->env_valid = false;
+	oc->in_use = false;
+	oc->dead = false;
+	oc->next_free = d->free_head;
+	d->free_head = (uint32_t)(oc - d->oc);
+}
+
+static void site_remove_idle(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	struct kumo_site *s = &d->l->queues.sites[oc->site];
+	uint32_t me = (uint32_t)(oc - d->oc), *p = &s->idle_head;
+	while (*p != KUMO_NONE && *p != me)
+		p = &d->oc[*p].idle_next;
+	if (*p == me)
+		*p = oc->idle_next;
+}
+
+static void oc_close(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	if (oc->dead)
+		return;
+	struct kumo_site *s = &d->l->queues.sites[oc->site];
+	if (oc->state == OC_IDLE)
+		site_remove_idle(d, oc);
+	if (!oc->established)
+		s->nconnecting--;
+	s->nconns--;
+	oc->dead = true;
+	oc->gen++;
+	if (oc->fd >= 0) {
+		shutdown(oc->fd, SHUT_RDWR);
+		close(oc->fd);
+	}
+	oc->fd = -1;
+	d->live--;
+	uint32_t site = oc->site;
+	oc_maybe_release(d, oc);
+	site_kick(d, site);
+}
+
+static void peer_strings(struct kumo_oconn *oc, const struct kumo_site_host *h,
+			 const struct sockaddr_storage *ss)
+{
+	snprintf(oc->peer_name, sizeof(oc->peer_name), "%s", h->name ? h->name : "");
+	const void *a = ss->ss_family == AF_INET
+				? (const void *)&((const struct sockaddr_in *)ss)->sin_addr
+				: (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
+	inet_ntop(ss->ss_family, a, oc->peer_addr, sizeof(oc->peer_addr));
+}
+
+/* The next address to try from (host, addr) on, or false when none is left. */
+static bool next_address(const struct kumo_site *s, unsigned *host, unsigned *addr)
+{
+	while (*host < s->nhosts) {
+		if (*addr < s->hosts[*host].naddrs)
+			return true;
+		(*host)++;
+		*addr = 0;
+	}
+	return false;
+}
+
+static int oc_connect(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	struct kumo_site *s = &d->l->queues.sites[oc->site];
+	if (!next_address(s, &oc->host, &oc->addr))
+		return -EHOSTUNREACH;
+	const struct sockaddr_storage *ss = &s->hosts[oc->host].addrs[oc->addr];
+	peer_strings(oc, &s->hosts[oc->host], ss);
+	oc->fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (oc->fd < 0)
+		return -errno;
+	oc->since_ms = d->l->now_ms;
+	oc->state = OC_CONNECTING;
+	struct io_uring_sqe *sqe = kumo_loop_sqe(d->l);
+	io_uring_prep_connect(sqe, oc->fd, (const struct sockaddr *)ss,
+			      ss->ss_family == AF_INET ? sizeof(struct sockaddr_in)
+						       : sizeof(struct sockaddr_in6));
+	io_uring_sqe_set_data64(sqe, oc_ud(d, oc, KUMO_OP_OCONNECT));
+	oc->inflight++;
+	return 0;
+}
+
+/* Every address of the site failed before a session was up: the site is unreachable,
+ * so its ready messages are deferred rather than tried one by one. */
+static void site_unreachable(struct kumo_delivery *d, uint32_t site, const struct outcome *o)
+{
+	struct kumo_site *s = &d->l->queues.sites[site];
+	if (s->nconns - s->nconnecting > 0)
+		return; /* another connection works: keep feeding it */
+	uint32_t m;
+	while ((m = kumo_list_pop(&d->l->queues, &s->ready_head, &s->ready_tail)) != KUMO_NONE) {
+		s->nready--;
+		defer_cheap(d, m, o);
+	}
+}
+
+static void oc_open(struct kumo_delivery *d, uint32_t site)
+{
+	struct kumo_oconn *oc = oc_alloc(d);
+	if (!oc)
+		return;
+	struct kumo_site *s = &d->l->queues.sites[site];
+	oc->site = site;
+	oc->state = OC_CONNECTING;
+	s->nconns++;
+	s->nconnecting++;
+	if (oc_connect(d, oc) < 0) {
+		struct outcome o = {.code = 451, .enhanced = "4.4.1",
+				    .text = "No address to connect to", .command = "connect"};
+		oc->sm = NULL;
+		site_unreachable(d, site, &o);
+		oc_close(d, oc);
+	}
+}
+
+static void site_kick(struct kumo_delivery *d, uint32_t site)
+{
+	struct kumo_site *s = &d->l->queues.sites[site];
+	while (s->nready && !d->stopping) {
+		if (s->idle_head != KUMO_NONE) {
+			struct kumo_oconn *oc = &d->oc[s->idle_head];
+			s->idle_head = oc->idle_next;
+			oc->state = OC_SESSION;
+			oc_pump(d, oc); /* takes the next message */
+			s = &d->l->queues.sites[site];
+			continue;
+		}
+		if (s->nconns >= d->conn_limit || s->nconnecting >= s->nready)
+			break;
+		oc_open(d, site);
+		s = &d->l->queues.sites[site];
+	}
+}
+
+static void post_recv(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	if (!oc->rbuf && !(oc->rbuf = malloc(KUMO_RBUF_SIZE)))
+		return;
+	struct io_uring_sqe *sqe = kumo_loop_sqe(d->l);
+	io_uring_prep_recv(sqe, oc->fd, oc->rbuf, KUMO_RBUF_SIZE, 0);
+	io_uring_sqe_set_data64(sqe, oc_ud(d, oc, KUMO_OP_ORECV));
+	oc->recv_busy = true;
+	oc->inflight++;
+}
+
+static void post_send(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	struct io_uring_sqe *sqe = kumo_loop_sqe(d->l);
+	io_uring_prep_send(sqe, oc->fd, oc->sbuf.data + oc->sent, oc->sbuf.len - oc->sent,
+			   MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, oc_ud(d, oc, KUMO_OP_OSEND));
+	oc->send_busy = true;
+	oc->inflight++;
+}
+
+/* Takes the next ready message of the site and reads it; idles when there is none. */
+static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	struct kumo_loop *l = d->l;
+	struct kumo_site *s = &l->queues.sites[oc->site];
+	uint32_t m = d->stopping ? KUMO_NONE
+				 : kumo_list_pop(&l->queues, &s->ready_head, &s->ready_tail);
+	if (m == KUMO_NONE) {
+		oc->state = OC_IDLE;
+		oc->since_ms = l->now_ms;
+		oc->idle_next = s->idle_head;
+		s->idle_head = (uint32_t)(oc - d->oc);
+		return;
+	}
+	s->nready--;
+	struct kumo_qmsg *msg = &l->queues.msgs[m];
+	msg->state = KUMO_Q_INFLIGHT;
+	oc->msg = m;
+	if (msg->loc.length > oc->mcap) {
+		uint8_t *b = realloc(oc->mbuf, msg->loc.length);
+		if (!b)
+			goto out_defer;
+		oc->mbuf = b;
+		oc->mcap = msg->loc.length;
+	}
+	int fd = kumo_spool_fd(l->spool, msg->loc.segment);
+	if (fd < 0)
+		goto out_defer;
+	struct io_uring_sqe *sqe = kumo_loop_sqe(l);
+	io_uring_prep_read(sqe, fd, oc->mbuf, msg->loc.length, msg->loc.offset);
+	io_uring_sqe_set_data64(sqe, oc_ud(d, oc, KUMO_OP_OREAD));
+	oc->read_busy = true;
+	oc->inflight++;
+	oc->state = OC_LOADING;
+	return;
+out_defer:;
+	struct outcome o = {.code = 451, .enhanced = "4.3.0", .text = "Local read error"};
+	oc->msg = KUMO_NONE;
+	defer_cheap(d, m, &o);
+	oc_take(d, oc);
+}
+
+static int grow_batch(struct kumo_oconn *oc, size_t n)
+{
+	if (n <= oc->capbatch)
+		return 0;
+	size_t *b = realloc(oc->batch, n * sizeof(*b));
+	if (b)
+		oc->batch = b;
+	struct kumo_smtp_client_rcpt *r = realloc(oc->crcpts, n * sizeof(*r));
+	if (r)
+		oc->crcpts = r;
+	if (!b || !r)
+		return -ENOMEM;
+	oc->capbatch = n;
+	return 0;
+}
+
+/* Sends the next batch of pending recipients of the loaded message; false when none. */
+static bool send_batch(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	const struct kumo_envelope *env = &oc->env;
+	if (grow_batch(oc, d->max_batch) < 0)
+		return false;
+	oc->nbatch = 0;
+	while (oc->next_rcpt < env->nrcpt && oc->nbatch < d->max_batch) {
+		size_t i = oc->next_rcpt++;
+		if (env->rcpts[i].state != KUMO_RCPT_PENDING)
+			continue;
+		oc->batch[oc->nbatch] = i;
+		oc->crcpts[oc->nbatch++] = (struct kumo_smtp_client_rcpt){
+			.addr = env->rcpts[i].addr, .notify = env->rcpts[i].notify,
+			.orcpt = env->rcpts[i].orcpt};
+	}
+	if (!oc->nbatch)
+		return false;
+	struct kumo_smtp_client_txn t = {
+		.sender = env->sender, .rcpts = oc->crcpts, .nrcpt = oc->nbatch,
+		.ret = (enum kumo_dsn_ret)env->ret, .envid = env->envid,
+		.body_8bit = env->body == KUMO_SMTP_BODY_8BITMIME, .smtputf8 = env->smtputf8,
+		.data = oc->data, .data_len = oc->data_len};
+	return kumo_smtp_client_send(oc->sm, &t) == 0;
+}
+
+static void message_loaded(struct kumo_delivery *d, struct kumo_oconn *oc, int res)
+{
+	struct kumo_loop *l = d->l;
+	uint32_t m = oc->msg;
+	struct kumo_qmsg *msg = &l->queues.msgs[m];
+	const uint8_t *envb;
+	size_t env_len;
+	oc->state = OC_SESSION;
+	if (oc->env_valid)
+		kumo_envelope_release(&oc->env);
+	oc->env_valid = false;
+	if (res != (int)msg->loc.length ||
+	    kumo_spool_parse(&msg->loc, oc->mbuf, &envb, &env_len, &oc->data, &oc->data_len) <
+		    0 ||
+	    kumo_envelope_decode(envb, env_len, &oc->env) < 0) {
+		kumo_elog(l->e, KUMO_LOG_ERROR, "queued message unreadable from the spool; "
+						"dropped from the queue until restart");
+		kumo_qmsg_release(&l->queues, m);
+		oc->msg = KUMO_NONE;
+		oc_take(d, oc);
+		return;
+	}
+	oc->env.id = msg->id;
+	oc->env_valid = true;
+	oc->next_rcpt = 0;
+	oc->any_temp = false;
+	if (expired(d, m) || !send_batch(d, oc)) {
+		finish_message(d, m, &oc->env, oc->data, oc->data_len, false);
+		oc->msg = KUMO_NONE;
+		oc_take(d, oc);
+		return;
+	}
+	oc_pump(d, oc);
+}
+
+static const char *command_name(enum kumo_smtp_client_cmd c)
+{
+	static const char *const names[] = {"", "greeting", "EHLO", "HELO", "RSET", "MAIL",
+					    "RCPT", "DATA", "DATA", "BDAT", "QUIT"};
+	return (unsigned)c < sizeof(names) / sizeof(names[0]) ? names[c] : "";
+}
+
+static struct outcome reply_outcome(const struct kumo_smtp_client_reply *r)
+{
+	return (struct outcome){.code = r->code, .enhanced = r->enhanced, .text = r->text,
+				.command = command_name(r->command)};
+}
+
+/* Applies a transaction's per-recipient replies: logs, states, bounces with a DSN. */
+static void txn_done(struct kumo_delivery *d, struct kumo_oconn *oc,
+		     const struct kumo_smtp_client_result *res)
+{
+	struct kumo_envelope *env = &oc->env;
+	size_t *bounced = malloc((oc->nbatch ? oc->nbatch : 1) * sizeof(*bounced)), nb = 0;
+	const struct kumo_smtp_client_reply *first_bounce = NULL;
+	for (size_t i = 0; i < oc->nbatch && i < res->nrcpt; i++) {
+		const struct kumo_smtp_client_reply *r = &res->rcpt[i];
+		struct kumo_env_rcpt *er = &env->rcpts[oc->batch[i]];
+		struct outcome o = reply_outcome(r);
+		log_outcome(d, oc->msg, env, er->addr, record_type(r->code), &o, oc,
+			    oc->data_len);
+		if (r->code >= 200 && r->code < 300) {
+			er->state = KUMO_RCPT_DONE;
+		} else if (r->code >= 500) {
+			er->state = KUMO_RCPT_DONE;
+			if (bounced && kumo_dsn_should_notify(er->notify, KUMO_DSN_ACTION_FAILED))
+				bounced[nb++] = oc->batch[i];
+			first_bounce = first_bounce ? first_bounce : r;
+		} else {
+			oc->any_temp = true;
+		}
+	}
+	if (first_bounce && nb) {
+		struct outcome o = reply_outcome(first_bounce);
+		const char *status = *first_bounce->enhanced ? first_bounce->enhanced : "5.0.0";
+		send_dsn(d, env, bounced, nb, &o, status, oc->peer_name, oc->data, oc->data_len);
+	}
+	free(bounced);
+	oc->deliveries++;
+}
+
+/* After a transaction: the next batch of the same message, or finish it. */
+static void after_txn(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	if (oc->msg == KUMO_NONE)
+		return;
+	if (send_batch(d, oc))
+		return;
+	finish_message(d, oc->msg, &oc->env, oc->data, oc->data_len, true);
+	oc->msg = KUMO_NONE;
+}
+
+/* The session ended badly: the message in flight (if any) gets the failure for the
+ * recipients of the running transaction, and others stay pending. */
+static void session_failed(struct kumo_delivery *d, struct kumo_oconn *oc,
+			   const struct kumo_smtp_client_reply *r)
+{
+	struct outcome o = reply_outcome(r);
+	if (!oc->established) {
+		/* greeting or EHLO refused, or connection lost before: next host */
+		struct kumo_site *s = &d->l->queues.sites[oc->site];
+		kumo_smtp_client_free(oc->sm);
+		oc->sm = NULL;
+		shutdown(oc->fd, SHUT_RDWR);
+		close(oc->fd);
+		oc->fd = -1;
+		oc->gen++;
+		oc->rpos = oc->rlen = oc->sent = 0;
+		oc->sbuf.len = 0;
+		oc->eof = false;
+		oc->host++;
+		oc->addr = 0;
+		if (oc->host < s->nhosts && oc_connect(d, oc) == 0)
+			return;
+		site_unreachable(d, oc->site, &o);
+		oc_close(d, oc);
+		return;
+	}
+	if (oc->msg != KUMO_NONE && oc->state == OC_SESSION) {
+		for (size_t i = 0; i < oc->nbatch; i++) {
+			struct kumo_env_rcpt *er = &oc->env.rcpts[oc->batch[i]];
+			if (er->state == KUMO_RCPT_PENDING)
+				log_outcome(d, oc->msg, &oc->env, er->addr, "TransientFailure", &o,
+					    oc, oc->data_len);
+		}
+		finish_message(d, oc->msg, &oc->env, oc->data, oc->data_len, true);
+		oc->msg = KUMO_NONE;
+	}
+	oc_close(d, oc);
+}
+
+static void on_ready(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	struct kumo_site *s = &d->l->queues.sites[oc->site];
+	if (!oc->established) {
+		oc->established = true;
+		s->nconnecting--;
+	}
+	if (oc->msg != KUMO_NONE) {
+		after_txn(d, oc);
+		if (oc->msg != KUMO_NONE)
+			return;
+	}
+	if (oc->deliveries >= d->max_deliveries || d->stopping) {
+		oc->state = OC_QUITTING;
+		kumo_smtp_client_quit(oc->sm);
+		return;
+	}
+	oc_take(d, oc);
+}
+
+static void oc_events(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	struct kumo_smtp_client_ev ev;
+	while (!oc->dead && oc->sm && oc->state != OC_LOADING && oc->state != OC_IDLE &&
+	       oc->state != OC_CONNECTING) {
+		if (oc->rpos < oc->rlen) {
+			size_t space;
+			void *dst = kumo_smtp_client_input_space(oc->sm, &space);
+			if (dst && space) {
+				size_t n = oc->rlen - oc->rpos < space ? oc->rlen - oc->rpos : space;
+				memcpy(dst, oc->rbuf + oc->rpos, n);
+				kumo_smtp_client_input_commit(oc->sm, n);
+				oc->rpos += n;
+			}
+		}
+		if (oc->eof && oc->rpos == oc->rlen) {
+			kumo_smtp_client_input_eof(oc->sm);
+			oc->eof = false;
+		}
+		if (kumo_smtp_client_next(oc->sm, d->l->now_ms, &ev) < 0) {
+			oc_close(d, oc);
+			return;
+		}
+		switch (ev.type) {
+		case KUMO_SMTP_CLIENT_EV_NONE:
+			return;
+		case KUMO_SMTP_CLIENT_EV_READY:
+			on_ready(d, oc);
+			break;
+		case KUMO_SMTP_CLIENT_EV_TXN_DONE:
+			txn_done(d, oc, ev.result);
+			break;
+		case KUMO_SMTP_CLIENT_EV_FAILED:
+			session_failed(d, oc, ev.reply);
+			return;
+		case KUMO_SMTP_CLIENT_EV_CLOSED:
+			oc_close(d, oc);
+			return;
+		}
+	}
+}
+
+static void oc_pump(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	if (oc->dead)
+		return;
+	if (oc->state == OC_SESSION || oc->state == OC_QUITTING)
+		oc_events(d, oc);
+	if (oc->dead || !oc->sm)
+		return;
+	size_t olen;
+	const char *out = kumo_smtp_client_output(oc->sm, &olen);
+	if (olen) {
+		kumo_buf_append(&oc->sbuf, out, olen);
+		kumo_smtp_client_output_consumed(oc->sm, olen);
+	}
+	if (oc->sbuf.len > oc->sent && !oc->send_busy)
+		post_send(d, oc);
+	if (!oc->recv_busy && oc->rpos == oc->rlen && !oc->eof)
+		post_recv(d, oc);
+}
+
+static void connect_done(struct kumo_delivery *d, struct kumo_oconn *oc, int res)
+{
+	if (res < 0) {
+		close(oc->fd);
+		oc->fd = -1;
+		oc->addr++;
+		if (oc_connect(d, oc) == 0)
+			return;
+		char text[160];
+		snprintf(text, sizeof(text), "Connection failed: %s", strerror(-res));
+		struct outcome o = {.code = 451, .enhanced = "4.4.1", .text = text,
+				    .command = "connect"};
+		site_unreachable(d, oc->site, &o);
+		oc_close(d, oc);
+		return;
+	}
+	if (kumo_smtp_client_new(&d->ccfg, d->l->now_ms, &oc->sm) < 0) {
+		oc_close(d, oc);
+		return;
+	}
+	oc->state = OC_SESSION;
+	oc_pump(d, oc);
+}
+
+void kumo_delivery_io_done(struct kumo_loop *l, uint64_t ud, int res)
+{
+	struct kumo_delivery *d = l->dlv;
+	uint32_t slot = kumo_ud_slot(ud);
+	if (!d || slot >= d->noc)
+		return;
+	struct kumo_oconn *oc = &d->oc[slot];
+	enum kumo_op op = kumo_ud_op(ud);
+	oc->inflight--;
+	if (op == KUMO_OP_ORECV)
+		oc->recv_busy = false;
+	else if (op == KUMO_OP_OSEND)
+		oc->send_busy = false;
+	else if (op == KUMO_OP_OREAD)
+		oc->read_busy = false;
+	if (oc->dead || (oc->gen & 0xffffff) != kumo_ud_gen(ud)) {
+		oc_maybe_release(d, oc);
+		return;
+	}
+	switch (op) {
+	case KUMO_OP_OCONNECT:
+		connect_done(d, oc, res);
+		break;
+	case KUMO_OP_OREAD:
+		message_loaded(d, oc, res);
+		break;
+	case KUMO_OP_ORECV:
+		if (res <= 0)
+			oc->eof = true;
+		else
+			oc->rpos = 0, oc->rlen = (size_t)res;
+		oc_pump(d, oc);
+		break;
+	case KUMO_OP_OSEND:
+		if (res <= 0) {
+			oc->eof = true;
+			oc->sent = oc->sbuf.len = 0;
+		} else if ((oc->sent += (size_t)res) == oc->sbuf.len) {
+			oc->sent = oc->sbuf.len = 0;
+		}
+		oc_pump(d, oc);
+		break;
+	default:
+		break;
+	}
+}
+
+void kumo_delivery_dns_done(struct kumo_loop *l, uint64_t ud, int res)
+{
+	if (l->dlv && l->dlv->dns)
+		kumo_dns_complete(l->dlv->dns, ud, res);
+}
+
+static void oc_tick(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	uint64_t now = d->l->now_ms;
+	if (oc->state == OC_CONNECTING && now - oc->since_ms >= d->connect_ms) {
+		shutdown(oc->fd, SHUT_RDWR); /* the connect completes with an error */
+		return;
+	}
+	if (oc->state == OC_IDLE && (now - oc->since_ms >= d->idle_ms || d->stopping)) {
+		site_remove_idle(d, oc);
+		oc->state = OC_QUITTING;
+		kumo_smtp_client_quit(oc->sm);
+		oc_pump(d, oc);
+		return;
+	}
+	if (oc->sm && kumo_smtp_client_deadline(oc->sm) <= now) {
+		kumo_smtp_client_tick(oc->sm, now);
+		oc_pump(d, oc);
+	}
+}
+
+void kumo_delivery_tick(struct kumo_loop *l)
+{
+	struct kumo_delivery *d = l->dlv;
+	if (!d)
+		return;
+	kumo_dns_tick(d->dns, l->now_ms);
+	for (uint32_t i = 0; i < d->noc; i++)
+		if (d->oc[i].in_use && !d->oc[i].dead)
+			oc_tick(d, &d->oc[i]);
+	if (d->stopping || l->e->cfg.no_delivery)
+		return;
+	uint32_t m = kumo_wheel_advance(&l->queues, l->now_ms);
+	while (m != KUMO_NONE) {
+		uint32_t next = l->queues.msgs[m].next;
+		make_due(d, m);
+		m = next;
+	}
+}
+
+void kumo_delivery_shutdown(struct kumo_loop *l, bool force)
+{
+	struct kumo_delivery *d = l->dlv;
+	if (!d)
+		return;
+	d->stopping = true;
+	for (uint32_t i = 0; i < d->noc; i++) {
+		struct kumo_oconn *oc = &d->oc[i];
+		if (!oc->in_use || oc->dead)
+			continue;
+		if (force || oc->state == OC_CONNECTING)
+			oc_close(d, oc);
+		else if (oc->state == OC_IDLE)
+			oc_tick(d, oc);
+	}
+}
+
+bool kumo_delivery_idle(const struct kumo_loop *l)
+{
+	const struct kumo_delivery *d = l->dlv;
+	if (!d)
+		return true;
+	for (uint32_t i = 0; i < d->noc; i++)
+		if (d->oc[i].in_use)
+			return false;
+	return true;
+}
+
+/* ---- set-up ---------------------------------------------------------------------- */
+
+static void apply_defaults(struct kumo_delivery *d, const struct kumo_engine_cfg *c)
+{
+	d->retry_ms = or_default(c->retry_interval_ms, 20 * 60 * 1000);
+	d->max_retry_ms = or_default(c->max_retry_interval_ms, 8 * 3600 * 1000);
+	if (d->max_retry_ms < d->retry_ms)
+		d->max_retry_ms = d->retry_ms;
+	d->max_age_ms = or_default(c->max_age_ms, 7ULL * 86400 * 1000);
+	d->conn_limit = (unsigned)or_default(c->connection_limit, 32);
+	d->max_deliveries = (unsigned)or_default(c->max_deliveries_per_connection, 1024);
+	d->max_batch = (unsigned)or_default(c->max_recipients_per_batch, 100);
+	d->idle_ms = (uint32_t)or_default(c->idle_timeout_ms, 60000);
+	d->connect_ms = (uint32_t)or_default(c->connect_timeout_ms, 60000);
+	d->mx_port = (uint16_t)or_default(c->mx_port, 25);
+	d->ccfg.ehlo_name = c->ehlo_name ? c->ehlo_name : d->l->e->hostname;
+}
+
+static int fixed_sites(struct kumo_delivery *d)
+{
+	const struct kumo_engine *e = d->l->e;
+	d->smart_site = KUMO_NONE;
+	if (e->cfg.smart_host && (d->smart_site = fixed_site(d, e->cfg.smart_host)) == KUMO_NONE)
+		return -EINVAL;
+	d->route_sites = calloc(e->nroutes ? e->nroutes : 1, sizeof(uint32_t));
+	if (!d->route_sites)
+		return -ENOMEM;
+	for (size_t i = 0; i < e->nroutes; i++)
+		if ((d->route_sites[i] = fixed_site(d, e->routes[i].host_port)) == KUMO_NONE)
+			return -EINVAL;
+	return 0;
+}
+
+int kumo_delivery_start(struct kumo_loop *l)
+{
+	int err = fixed_sites(l->dlv);
+	l->dlv->started = err == 0;
+	return err;
+}
+
+int kumo_delivery_init(struct kumo_loop *l)
+{
+	struct kumo_delivery *d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->l = l;
+	d->free_head = KUMO_NONE;
+	d->smart_site = KUMO_NONE;
+	l->dlv = d;
+	apply_defaults(d, &l->e->cfg);
+	int err;
+	struct kumo_dns_cfg dc = {.servers = l->e->cfg.dns_servers,
+				  .timeout_ms = l->e->cfg.dns_timeout_ms};
+	err = kumo_dns_new(&dc, &l->ring, kumo_ud(KUMO_OP_DNS, 0, 0), &d->dns);
+	if (err < 0)
+		kumo_elog(l->e, KUMO_LOG_ERROR, "DNS resolver: %s", strerror(-err));
+	return err;
+}
+
+void kumo_delivery_fini(struct kumo_loop *l)
+{
+	struct kumo_delivery *d = l->dlv;
+	if (!d)
+		return;
+	for (uint32_t i = 0; i < d->noc; i++) {
+		struct kumo_oconn *oc = &d->oc[i];
+		if (oc->fd >= 0)
+			close(oc->fd);
+		kumo_smtp_client_free(oc->sm);
+		if (oc->env_valid)
+			kumo_envelope_release(&oc->env);
+		free(oc->rbuf);
+		free(oc->mbuf);
+		free(oc->batch);
+		free(oc->crcpts);
+		kumo_buf_free(&oc->sbuf);
+	}
+	free(d->oc);
+	free(d->route_sites);
+	kumo_buf_free(&d->dsn);
+	if (d->dns)
+		kumo_dns_free(d->dns);
+	free(d);
+	l->dlv = NULL;
+}

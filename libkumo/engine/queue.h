@@ -1,0 +1,112 @@
+/* Per-loop queue state: a fixed record per queued message, scheduled queues named
+ * campaign:tenant@domain, sites (one per MX set, holding the ready queue), and a hashed
+ * timer wheel of one-second slots for messages waiting for their next attempt. */
+#ifndef KUMO_ENGINE_QUEUE_H
+#define KUMO_ENGINE_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "engine/spool.h"
+#include "util/id.h"
+
+#define KUMO_NONE UINT32_MAX
+
+enum kumo_qstate {
+	KUMO_Q_FREE = 0,
+	KUMO_Q_SCHEDULED,  /* in the timer wheel */
+	KUMO_Q_PARKED,     /* due, waiting for its queue's MX lookup */
+	KUMO_Q_READY,      /* in its site's ready queue */
+	KUMO_Q_INFLIGHT,   /* taken by a connection */
+};
+
+/* The fixed RAM cost of one queued message (48 bytes). Its envelope and body stay in
+ * the spool; the creation time is the id's timestamp. */
+struct kumo_qmsg {
+	struct kumo_id id;
+	struct kumo_spool_loc loc;
+	uint32_t due_s;     /* next attempt, Unix seconds */
+	uint32_t queue;     /* index into queues */
+	uint32_t next;      /* link in the wheel slot, parked list or ready queue */
+	uint16_t attempts;
+	uint8_t state;      /* enum kumo_qstate */
+	uint8_t flags;
+};
+
+struct kumo_site_host {
+	char *name;
+	size_t naddrs;
+	struct sockaddr_storage *addrs;
+};
+
+/* A destination: the MX set shared by one or more domains (or a smart host), with its
+ * ready queue and connection count. */
+struct kumo_site {
+	char *name;
+	struct kumo_site_host *hosts;
+	size_t nhosts;
+	uint32_t ready_head, ready_tail;
+	uint64_t nready;
+	unsigned nconns;        /* connections open or opening */
+	unsigned nconnecting;   /* of which not yet ready for a transaction */
+	uint32_t idle_head;     /* idle outbound connections (oconn indexes) */
+	uint32_t hnext;
+	unsigned next_host;     /* rotates the first host tried by new connections */
+};
+
+struct kumo_queue {
+	char *name;
+	const char *domain;     /* points into name */
+	uint32_t site;          /* KUMO_NONE until resolved */
+	uint64_t site_expires_ms;
+	uint32_t parked_head, parked_tail;
+	bool resolving;
+	uint64_t count;         /* messages of this queue in any state */
+	uint32_t hnext;
+};
+
+struct kumo_queues {
+	struct kumo_qmsg *msgs;
+	uint32_t nmsgs, capmsgs, free_head;
+	uint64_t live;
+	struct kumo_queue *queues;
+	uint32_t nqueues, capqueues;
+	uint32_t *qbuckets;
+	uint32_t nqbuckets;
+	struct kumo_site *sites;
+	uint32_t nsites, capsites;
+	uint32_t *sbuckets;
+	uint32_t nsbuckets;
+	uint32_t *wheel;        /* heads of one-second slots */
+	uint32_t wheel_slots;
+	uint32_t wheel_s;       /* the last second processed */
+};
+
+int kumo_queues_init(struct kumo_queues *q, uint64_t now_ms);
+void kumo_queues_free(struct kumo_queues *q);
+
+/* Interns a queue name; returns its index or KUMO_NONE (out of memory). */
+uint32_t kumo_queue_intern(struct kumo_queues *q, const char *name);
+uint32_t kumo_queue_find(const struct kumo_queues *q, const char *name);
+/* Interns a site by name; the caller fills its hosts. */
+uint32_t kumo_site_intern(struct kumo_queues *q, const char *name);
+void kumo_site_set_hosts(struct kumo_site *s, struct kumo_site_host *hosts, size_t n);
+
+/* A new message record (state FREE, to be placed by the caller); KUMO_NONE on ENOMEM. */
+uint32_t kumo_qmsg_new(struct kumo_queues *q, const struct kumo_id *id,
+		       const struct kumo_spool_loc *loc, uint32_t queue, uint64_t due_ms,
+		       unsigned attempts);
+void kumo_qmsg_release(struct kumo_queues *q, uint32_t m);
+
+/* The timer wheel: insert, and collect every message due at or before now into a
+ * list (linked through next) returned by head. */
+void kumo_wheel_insert(struct kumo_queues *q, uint32_t m);
+uint32_t kumo_wheel_advance(struct kumo_queues *q, uint64_t now_ms);
+
+/* FIFO lists linked through kumo_qmsg.next. */
+void kumo_list_push(struct kumo_queues *q, uint32_t *head, uint32_t *tail, uint32_t m);
+uint32_t kumo_list_pop(struct kumo_queues *q, uint32_t *head, uint32_t *tail);
+
+#endif
