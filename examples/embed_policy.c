@@ -1,6 +1,7 @@
 /* An SMTP receiver built on libkumo with its own policy: recipients whose local part
  * starts with "reject" are refused with 550 5.1.1, senders from blocked.example are
  * refused at MAIL, and every message is put in tenant "example" with some metadata.
+ * It only receives: accepted mail stays in the spool (no_delivery).
  * usage: embed_policy SPOOL_DIR LISTEN_ADDRESS   (runs until SIGINT/SIGTERM) */
 #include <signal.h>
 #include <stdio.h>
@@ -58,7 +59,7 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-	struct kumo_engine_cfg cfg = {.threads = 1, .spool_path = argv[1],
+	struct kumo_engine_cfg cfg = {.threads = 1, .spool_path = argv[1], .no_delivery = true,
 				      .hostname = "embed.example"};
 	struct kumo_listener_cfg lc = {.address = argv[2]};
 	struct kumo_policy policy = {.on_mail_from = on_mail_from, .on_rcpt_to = on_rcpt_to,

@@ -344,13 +344,123 @@ static int engine_section(struct ctx *x, const struct kumo_toml_value *root,
 	return get_duration(x, t, "shutdown_grace", "engine.shutdown_grace", &e->shutdown_grace_ms);
 }
 
+static int get_bool(struct ctx *x, const struct kumo_toml_value *t, const char *key,
+		    const char *name, bool *out)
+{
+	const struct kumo_toml_value *v = kumo_toml_get(t, key);
+	if (v && kumo_toml_bool(v, out) < 0)
+		return fail(x, v, name, "expected true or false%s", "");
+	return 0;
+}
+
+static int delivery_section(struct ctx *x, const struct kumo_toml_value *root,
+			    struct kumo_engine_cfg *e)
+{
+	static const char *const keys[] = {
+		"enabled", "retry_interval", "max_retry_interval", "max_age", "connection_limit",
+		"max_deliveries_per_connection", "max_recipients_per_batch", "idle_timeout",
+		"connect_timeout", "mx_port", "ehlo_name", NULL};
+	const struct kumo_toml_value *t = kumo_toml_get(root, "delivery");
+	long long v;
+	bool enabled = true;
+	uint32_t age_ms = 0;
+	int err;
+	if (!t)
+		return 0;
+	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
+		return fail(x, t, "delivery", "expected a table%s", "");
+	if ((err = only_keys(x, t, "delivery.", keys)) ||
+	    (err = get_bool(x, t, "enabled", "delivery.enabled", &enabled)) ||
+	    (err = get_duration(x, t, "retry_interval", "delivery.retry_interval",
+				&e->retry_interval_ms)) ||
+	    (err = get_duration(x, t, "max_retry_interval", "delivery.max_retry_interval",
+				&e->max_retry_interval_ms)) ||
+	    (err = get_duration(x, t, "max_age", "delivery.max_age", &age_ms)) ||
+	    (err = get_duration(x, t, "idle_timeout", "delivery.idle_timeout",
+				&e->idle_timeout_ms)) ||
+	    (err = get_duration(x, t, "connect_timeout", "delivery.connect_timeout",
+				&e->connect_timeout_ms)) ||
+	    (err = get_string(x, t, "ehlo_name", "delivery.ehlo_name", &e->ehlo_name)))
+		return err;
+	e->no_delivery = !enabled;
+	e->max_age_ms = age_ms;
+	struct { const char *key; long long max; unsigned *out; } ints[] = {
+		{"connection_limit", 100000, &e->connection_limit},
+		{"max_deliveries_per_connection", 100000000, &e->max_deliveries_per_connection},
+		{"max_recipients_per_batch", 100000, &e->max_recipients_per_batch}};
+	for (size_t i = 0; i < 3; i++) {
+		char name[96];
+		snprintf(name, sizeof(name), "delivery.%s", ints[i].key);
+		v = 0;
+		if ((err = get_uint(x, t, ints[i].key, name, ints[i].max, &v)))
+			return err;
+		*ints[i].out = (unsigned)v;
+	}
+	v = 0;
+	if ((err = get_uint(x, t, "mx_port", "delivery.mx_port", 65535, &v)))
+		return err;
+	e->mx_port = (uint16_t)v;
+	return 0;
+}
+
+static int dns_section(struct ctx *x, const struct kumo_toml_value *root,
+		       struct kumo_engine_cfg *e)
+{
+	static const char *const keys[] = {"servers", "timeout", NULL};
+	const struct kumo_toml_value *t = kumo_toml_get(root, "dns");
+	int err;
+	if (!t)
+		return 0;
+	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
+		return fail(x, t, "dns", "expected a table%s", "");
+	if ((err = only_keys(x, t, "dns.", keys)) ||
+	    (err = get_string(x, t, "servers", "dns.servers", &e->dns_servers)) ||
+	    (err = get_duration(x, t, "timeout", "dns.timeout", &e->dns_timeout_ms)))
+		return err;
+	return 0;
+}
+
+static int routing_section(struct ctx *x, const struct kumo_toml_value *root,
+			   struct kumod_config *c)
+{
+	static const char *const keys[] = {"smart_host", "domains", NULL};
+	const struct kumo_toml_value *t = kumo_toml_get(root, "routing"), *v;
+	int err;
+	if (!t)
+		return 0;
+	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
+		return fail(x, t, "routing", "expected a table%s", "");
+	if ((err = only_keys(x, t, "routing.", keys)) ||
+	    (err = get_string(x, t, "smart_host", "routing.smart_host", &c->engine.smart_host)))
+		return err;
+	if (c->engine.smart_host && kumo_address_check(c->engine.smart_host) < 0)
+		return fail(x, kumo_toml_get(t, "smart_host"), "routing.smart_host",
+			    "expected \"ip:port\", got \"%s\"", c->engine.smart_host);
+	const struct kumo_toml_value *doms = kumo_toml_get(t, "domains");
+	if (doms && kumo_toml_type(doms) != KUMO_TOML_TABLE)
+		return fail(x, doms, "routing.domains", "expected a table of \"domain\" = "
+			    "\"ip:port\"%s", "");
+	for (size_t i = 0; doms && i < kumo_toml_count(doms) && i < 256; i++) {
+		char name[300];
+		const char *dom = kumo_toml_key_at(doms, i);
+		snprintf(name, sizeof(name), "routing.domains.%s", dom);
+		v = kumo_toml_at(doms, i);
+		const char *hp = kumo_toml_string(v, NULL);
+		if (!hp || kumo_toml_type(v) != KUMO_TOML_STRING || kumo_address_check(hp) < 0)
+			return fail(x, v, name, "expected \"ip:port\"%s", "");
+		c->routes[c->nroutes][0] = dom;
+		c->routes[c->nroutes][1] = hp;
+		c->nroutes++;
+	}
+	return 0;
+}
+
 static int sections(struct ctx *x, const struct kumo_toml_value *root, struct kumod_config *c)
 {
 	static const char *const top[] = {"listener", "http", "spool", "log", "routing",
-					  "engine", "headers", NULL};
+					  "engine", "headers", "delivery", "dns", NULL};
 	static const char *const path_key[] = {"path", NULL};
 	static const char *const http_keys[] = {"listen", NULL};
-	static const char *const routing_keys[] = {"smart_host", NULL};
 	static const char *const header_keys[] = {"campaign", "tenant", NULL};
 	int err;
 	if ((err = only_keys(x, root, "", top)) || (err = listeners(x, root, c)) ||
@@ -360,20 +470,15 @@ static int sections(struct ctx *x, const struct kumo_toml_value *root, struct ku
 	    (err = string_section(x, root, "log", path_key,
 				  (const char **[]){&c->engine.log_path})) ||
 	    (err = string_section(x, root, "http", http_keys, (const char **[]){&c->http_listen})) ||
-	    (err = string_section(x, root, "routing", routing_keys,
-				  (const char **[]){&c->smart_host})) ||
+	    (err = routing_section(x, root, c)) || (err = delivery_section(x, root, &c->engine)) ||
+	    (err = dns_section(x, root, &c->engine)) ||
 	    (err = string_section(x, root, "headers", header_keys,
 				  (const char **[]){&c->engine.campaign_header,
 						    &c->engine.tenant_header})))
 		return err;
-	const struct kumo_toml_value *t;
 	if (c->http_listen && kumo_address_check(c->http_listen) < 0)
 		return fail(x, kumo_toml_get(kumo_toml_get(root, "http"), "listen"), "http.listen",
 			    "expected \"ip:port\", got \"%s\"", c->http_listen);
-	t = kumo_toml_get(kumo_toml_get(root, "routing"), "smart_host");
-	if (c->smart_host && kumo_address_check(c->smart_host) < 0)
-		return fail(x, t, "routing.smart_host", "expected \"ip:port\", got \"%s\"",
-			    c->smart_host);
 	return 0;
 }
 

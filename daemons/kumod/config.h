@@ -20,7 +20,8 @@ struct kumod_config {
 	struct kumod_listener listeners[KUMOD_MAX_LISTENERS];
 	size_t nlisteners;
 	const char *http_listen;   /* validated; served from a later version on */
-	const char *smart_host;    /* validated; used by delivery */
+	const char *routes[256][2]; /* [routing.domains]: domain, "ip:port" */
+	size_t nroutes;
 	struct kumo_toml_doc *doc; /* owns every string above */
 };
 

@@ -75,10 +75,10 @@ static int run(struct kumod_config *c)
 	if (c->http_listen)
 		diag(NULL, KUMO_LOG_WARN, "[http] listen is accepted but this version serves no "
 					  "HTTP API yet");
-	if (c->smart_host)
-		diag(NULL, KUMO_LOG_WARN, "[routing] smart_host is accepted but this version "
-					  "does not deliver yet: messages stay queued");
-	if (add_listeners(e, c) < 0 || (err = kumo_engine_start(e)) < 0) {
+	for (size_t i = 0; i < c->nroutes && err == 0; i++)
+		if ((err = kumo_engine_add_route(e, c->routes[i][0], c->routes[i][1])) < 0)
+			fprintf(stderr, "kumod: route %s: %s\n", c->routes[i][0], strerror(-err));
+	if (err < 0 || add_listeners(e, c) < 0 || (err = kumo_engine_start(e)) < 0) {
 		if (err < 0)
 			fprintf(stderr, "kumod: cannot start: %s\n", strerror(-err));
 		kumo_engine_free(e);

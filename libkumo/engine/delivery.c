@@ -82,6 +82,7 @@ struct kumo_delivery {
 
 static void oc_pump(struct kumo_delivery *d, struct kumo_oconn *oc);
 static void site_kick(struct kumo_delivery *d, uint32_t site);
+static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc);
 static void make_due(struct kumo_delivery *d, uint32_t m);
 
 static uint64_t or_default(uint64_t v, uint64_t def)
@@ -694,7 +695,7 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 			struct kumo_oconn *oc = &d->oc[s->idle_head];
 			s->idle_head = oc->idle_next;
 			oc->state = OC_SESSION;
-			oc_pump(d, oc); /* takes the next message */
+			oc_take(d, oc);
 			s = &d->l->queues.sites[site];
 			continue;
 		}

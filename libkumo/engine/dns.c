@@ -651,8 +651,10 @@ static struct result *build(struct dom *d)
 		o->addrs = addrs;
 		o->naddrs = 0;
 		if (host_usable(h)) {
-			memcpy(addrs, h->v4, h->n4 * sizeof(*addrs));
-			memcpy(addrs + h->n4, h->v6, h->n6 * sizeof(*addrs));
+			if (h->n4)
+				memcpy(addrs, h->v4, h->n4 * sizeof(*addrs));
+			if (h->n6)
+				memcpy(addrs + h->n4, h->v6, h->n6 * sizeof(*addrs));
 			o->naddrs = h->n4 + h->n6;
 			addrs += o->naddrs;
 			any = true;

@@ -329,10 +329,34 @@ int kumo_engine_set_policy(struct kumo_engine *e, const struct kumo_policy *p, v
 	return 0;
 }
 
+/* Every loop binds each listener with SO_REUSEPORT, which would also let it share the
+ * port with another process: a probe bind without it refuses an address in use. */
+static int probe_listeners(struct kumo_engine *e)
+{
+	for (size_t i = 0; i < e->nlisteners; i++) {
+		const struct kumo_listener *lst = &e->listeners[i];
+		int fd = socket(lst->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+		if (fd < 0)
+			return -errno;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		int err = bind(fd, (const struct sockaddr *)&lst->addr, lst->addrlen) < 0 ? -errno : 0;
+		close(fd);
+		if (err < 0) {
+			kumo_elog(e, KUMO_LOG_ERROR, "cannot listen on %s: %s", lst->address,
+				  strerror(-err));
+			return err;
+		}
+	}
+	return 0;
+}
+
 int kumo_engine_start(struct kumo_engine *e)
 {
 	if (e->started)
 		return -EBUSY;
+	int perr = probe_listeners(e);
+	if (perr < 0)
+		return perr;
 	for (unsigned i = 0; i < e->nloops; i++) {
 		int err = kumo_loop_listen(&e->loops[i]);
 		if (err < 0)

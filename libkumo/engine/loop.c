@@ -255,7 +255,8 @@ int kumo_loop_spool_split(struct kumo_loop *l, const struct kumo_envelope *env,
 }
 
 /* Spool cookies: NULL for records nobody waits for; a connection is {slot, gen} shifted
- * left once; an injected message is its (16-byte aligned) pointer with the low bit set. */
+ * left twice with bit 1 set; an injected message is its (16-byte aligned) pointer with
+ * the low bit set. */
 static void spool_done(void *cookie, int status, void *arg);
 
 static void inject_finish(struct kumo_loop *l, struct kumo_inject *in, int status)
@@ -322,7 +323,7 @@ static void spool_done(void *cookie, int status, void *arg)
 			inject_finish(l, in, in->put_status);
 		return;
 	}
-	uint32_t slot = (uint32_t)(v >> 33), gen = (uint32_t)(v >> 1) & 0xffffff;
+	uint32_t slot = (uint32_t)(v >> 34), gen = (uint32_t)(v >> 2) & 0xffffff;
 	if (slot < l->nconns)
 		kumo_server_spool_done(l, &l->conns[slot], gen, status);
 }

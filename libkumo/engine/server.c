@@ -21,7 +21,7 @@ static void pump(struct kumo_loop *l, struct kumo_conn *c);
 void *kumo_server_cookie(const struct kumo_loop *l, const struct kumo_conn *c)
 {
 	uint64_t slot = (uint64_t)(c - l->conns);
-	return (void *)(uintptr_t)((slot << 33) | (uint64_t)(c->gen & 0xffffff) << 1);
+	return (void *)(uintptr_t)((slot << 34) | (uint64_t)(c->gen & 0xffffff) << 2 | 2);
 }
 
 static uint64_t conn_ud(const struct kumo_loop *l, const struct kumo_conn *c, enum kumo_op op)

@@ -326,21 +326,26 @@ static void put_raw(struct kumo_smtp_client *c)
  * so no line can end the data early even where the peer takes a bare LF as a line end. */
 static void put_stuffed(struct kumo_smtp_client *c)
 {
-	const uint8_t *p = c->msg, *end = c->msg + c->msg_len, *lf;
+	const uint8_t *p, *end, *lf;
 	size_t extra = 0, tail = 0, total;
 	char *o;
 
-	if (c->msg_len) {
-		if (*p == '.')
-			extra++;
-		for (const uint8_t *q = p; (lf = memchr(q, '\n', (size_t)(end - q))); q = lf + 1)
-			if (lf + 1 < end && lf[1] == '.')
-				extra++;
-		if (end[-1] == '\r')
-			tail = 1; /* "\n" completes the line */
-		else if (end[-1] != '\n' || c->msg_len < 2 || end[-2] != '\r')
-			tail = 2; /* "\r\n" */
+	if (!c->msg_len) {
+		out_put(c, ".\r\n", 3);
+		c->data_end = out_end(c);
+		return;
 	}
+	p = c->msg;
+	end = p + c->msg_len;
+	if (*p == '.')
+		extra++;
+	for (const uint8_t *q = p; (lf = memchr(q, '\n', (size_t)(end - q))); q = lf + 1)
+		if (lf + 1 < end && lf[1] == '.')
+			extra++;
+	if (end[-1] == '\r')
+		tail = 1; /* "\n" completes the line */
+	else if (end[-1] != '\n' || c->msg_len < 2 || end[-2] != '\r')
+		tail = 2; /* "\r\n" */
 	if (c->msg_len > SIZE_MAX - extra - tail - 3) {
 		c->oom = true;
 		return;
@@ -349,7 +354,7 @@ static void put_stuffed(struct kumo_smtp_client *c)
 	if (!out_reserve(c, total))
 		return;
 	o = c->out.p + c->out.len;
-	if (c->msg_len && *p == '.')
+	if (*p == '.')
 		*o++ = '.';
 	while ((lf = memchr(p, '\n', (size_t)(end - p)))) {
 		size_t n = (size_t)(lf + 1 - p);
@@ -622,6 +627,8 @@ static void on_txn(struct kumo_smtp_client *c)
 	}
 	switch (cmd) {
 	case KUMO_SMTP_CLIENT_CMD_RSET:
+		if (cls == 3)
+			goto unexpected;
 		if (cls != 2) {
 			slot_peer(c, &c->fail, cmd);
 			slot_local(c, &c->tfail, 451, "4.5.0", cmd, "protocol error: RSET refused");
@@ -710,7 +717,10 @@ static void dispatch(struct kumo_smtp_client *c)
 		break;
 	case ST_READY:
 		/* Read only once the peer closed: a parting reply such as 421. */
-		fail_peer(c, KUMO_SMTP_CLIENT_CMD_NONE, false);
+		if (c->cur.code >= 400)
+			fail_peer(c, KUMO_SMTP_CLIENT_CMD_NONE, false);
+		else
+			proto_error(c, "unsolicited reply");
 		break;
 	case ST_CLOSED:
 		break;
@@ -1004,11 +1014,8 @@ static void clock_update(struct kumo_smtp_client *c, uint64_t now_ms)
 	}
 }
 
-int kumo_smtp_client_next(struct kumo_smtp_client *c, uint64_t now_ms,
-			  struct kumo_smtp_client_ev *ev)
+static int next_event(struct kumo_smtp_client *c, struct kumo_smtp_client_ev *ev)
 {
-	memset(ev, 0, sizeof(*ev));
-	clock_update(c, now_ms);
 	for (;;) {
 		if (c->oom)
 			return -ENOMEM;
@@ -1028,6 +1035,19 @@ int kumo_smtp_client_next(struct kumo_smtp_client *c, uint64_t now_ms,
 		if (c->in_off == c->in_len)
 			c->in_off = c->in_len = c->scan = 0;
 	}
+}
+
+int kumo_smtp_client_next(struct kumo_smtp_client *c, uint64_t now_ms,
+			  struct kumo_smtp_client_ev *ev)
+{
+	int rc;
+
+	memset(ev, 0, sizeof(*ev));
+	clock_update(c, now_ms);
+	rc = next_event(c, ev);
+	/* Commands written during this call restart the clock at this call's time. */
+	clock_update(c, now_ms);
+	return rc;
 }
 
 static bool idle(const struct kumo_smtp_client *c)

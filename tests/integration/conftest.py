@@ -38,7 +38,7 @@ def wait_port(port, proc, timeout=20.0):
 class Kumod:
     """A kumod process with its own config, spool and log directory."""
 
-    def __init__(self, tmp, listener_extra="", extra="", threads=2):
+    def __init__(self, tmp, listener_extra="", extra="[delivery]\nenabled = false\n", threads=2):
         self.tmp = str(tmp)
         os.makedirs(self.tmp, exist_ok=True)
         self.port = free_port()

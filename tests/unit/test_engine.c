@@ -49,7 +49,8 @@ static void test_inject_durable_and_recovered(void **state)
 {
 	char dir[] = "/tmp/kumo-test-engine-XXXXXX";
 	assert_non_null(mkdtemp(dir));
-	struct kumo_engine_cfg cfg = {.threads = 2, .spool_path = dir, .log_fn = quiet};
+	struct kumo_engine_cfg cfg = {.threads = 2, .spool_path = dir, .log_fn = quiet,
+				      .no_delivery = true};
 	struct kumo_engine *e;
 	assert_int_equal(kumo_engine_new(&cfg, &e), 0);
 	assert_int_equal(kumo_engine_recovered(e), 0);
@@ -96,7 +97,8 @@ static void test_inject_rejects_bad_spec(void **state)
 {
 	char dir[] = "/tmp/kumo-test-engine-XXXXXX";
 	assert_non_null(mkdtemp(dir));
-	struct kumo_engine_cfg cfg = {.threads = 1, .spool_path = dir, .log_fn = quiet};
+	struct kumo_engine_cfg cfg = {.threads = 1, .spool_path = dir, .log_fn = quiet,
+				      .no_delivery = true};
 	struct kumo_engine *e;
 	assert_int_equal(kumo_engine_new(&cfg, &e), 0);
 	struct kumo_inject_spec none = {.sender = "s@example.com"};
