@@ -6,17 +6,17 @@ import sys
 
 
 def count_one(t):
-    out = t.get("stdout") or ""
+    out = (t.get("stdout") or "") + "\n" + (t.get("stderr") or "")
     ok = t.get("result") == "OK"
     skipped = t.get("result") == "SKIP"
     passed = failed = 0
-    m = re.findall(r"\[  PASSED  \] (\d+) test", out)
-    if m:
-        passed = int(m[-1])
+    m = re.findall(r"\[==========\] (\d+) test\(s\) run", out)
+    if m:  # cmocka: N run, of which the FAILED count failed
         f = re.findall(r"\[  FAILED  \] (\d+) test", out)
         failed = int(f[-1]) if f else 0
+        passed = int(m[-1]) - failed
     else:
-        tail = out.strip().splitlines()[-1:] or [""]
+        tail = (t.get("stdout") or "").strip().splitlines()[-1:] or [""]
         p = re.search(r"(\d+) passed", tail[0])
         f = re.search(r"(\d+) failed", tail[0])
         e = re.search(r"(\d+) error", tail[0])
