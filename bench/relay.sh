@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# End-to-end relay benchmark: kumo-bench inject -> kumod (durable spool, smart host) ->
+# kumo-bench sink, on loopback. usage: bench/relay.sh [MESSAGES] [SIZE] [CONNECTIONS] [THREADS]
+# Delivered msg/s = messages / time from the first injection to the last arrival at the sink.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-100000} size=${2:-10240} conns=${3:-50} threads=${4:-2}
+kumod=build/daemons/kumod/kumod bench=build/bench/kumo-bench
+dir=$(mktemp -d "${TMPDIR:-/var/tmp}/kumo-relay.XXXXXX")
+port=$((20000 + RANDOM % 20000)) sport=$((40000 + RANDOM % 20000))
+cat >"$dir/kumod.toml" <<TOML
+[engine]
+threads = $threads
+[[listener]]
+smtp = "127.0.0.1:$port"
+max_messages_per_connection = 100000000
+[spool]
+path = "$dir/spool"
+[log]
+path = "$dir/log"
+[routing]
+smart_host = "127.0.0.1:$sport"
+TOML
+"$bench" sink --listen "127.0.0.1:$sport" --max-messages "$n" --json >"$dir/sink.json" 2>"$dir/sink.err" &
+spid=$!
+"$kumod" --config "$dir/kumod.toml" 2>"$dir/kumod.err" &
+pid=$!
+trap 'kill $pid $spid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+for _ in $(seq 200); do
+	kill -0 $pid 2>/dev/null || { cat "$dir/kumod.err" >&2; exit 1; }
+	grep -q ready "$dir/kumod.err" 2>/dev/null && break
+	sleep 0.05
+done
+start=$(date +%s.%N)
+"$bench" inject --port "$port" -n "$n" -s "$size" -c "$conns" ${BENCH_ARGS:-} | sed 's/^/# inject: /'
+wait $spid || true
+end=$(date +%s.%N)
+cat "$dir/sink.json"; echo
+/usr/bin/python3 - "$start" "$end" "$n" "$dir/sink.json" <<'PY'
+import json, sys
+start, end, n = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+sink = json.load(open(sys.argv[4]))
+got = sink.get("messages", 0)
+print("delivered %d of %d in %.2f s: %.0f msg/s end to end" % (got, n, end - start, got / (end - start)))
+PY
+kill -TERM $pid; wait $pid || true
+grep -E "stopped" "$dir/kumod.err" | sed 's/^/# kumod: /'
