@@ -1079,6 +1079,10 @@ void kumo_delivery_io_done(struct kumo_loop *l, uint64_t ud, int res)
 			oc->eof = true;
 		else
 			oc->rpos = 0, oc->rlen = (size_t)res;
+		if (oc->eof && oc->state == OC_IDLE) {
+			oc_close(d, oc); /* the peer closed an idle connection */
+			break;
+		}
 		oc_pump(d, oc);
 		break;
 	case KUMO_OP_OSEND:

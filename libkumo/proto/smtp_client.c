@@ -10,16 +10,16 @@
 #include <string.h>
 #include <strings.h>
 
-#define EVQ_LEN 4      /* one step queues at most two events */
-#define ENH_MAX 12     /* "c.sss.ddd" and its NUL */
-#define LOCAL_MAX 256  /* text of a synthesized reply */
+#define EVQ_LEN 4     /* one step queues at most two events */
+#define ENH_MAX 12    /* "c.sss.ddd" and its NUL */
+#define LOCAL_MAX 256 /* text of a synthesized reply */
 
 enum cli_state {
 	ST_GREETING, /* waiting for the 220 */
 	ST_EHLO,     /* EHLO sent */
 	ST_HELO,     /* HELO sent after EHLO was refused */
 	ST_READY,    /* idle between transactions: input is held, not parsed */
-	ST_TXN,      /* a transaction is in flight */
+	ST_TXN,	     /* a transaction is in flight */
 	ST_QUIT,     /* QUIT sent */
 	ST_CLOSED,   /* FAILED or CLOSED queued: nothing more happens */
 };
@@ -30,18 +30,18 @@ enum rcpt_state { RCPT_PENDING = 0, RCPT_OK, RCPT_REFUSED };
 /* A stored reply: the public view is built from it when a result is handed out, so the
  * array of recipient slots may move while it grows. */
 struct slot {
-	int code;                      /* 0: none */
-	bool local;                    /* synthesized */
+	int code;		       /* 0: none */
+	bool local;		       /* synthesized */
 	enum kumo_smtp_client_cmd cmd; /* what it answered */
-	char enh[ENH_MAX];             /* "" or "c.sss.ddd" */
-	char *text;                    /* owned; NULL is "" */
+	char enh[ENH_MAX];	       /* "" or "c.sss.ddd" */
+	char *text;		       /* owned; NULL is "" */
 };
 
 /* The reply being parsed, line by line. */
 struct parse {
-	int code;          /* of the first line; 0 before it */
+	int code;	   /* of the first line; 0 before it */
 	char enh[ENH_MAX]; /* from the first line */
-	char *text;        /* joined lines, NUL-terminated */
+	char *text;	   /* joined lines, NUL-terminated */
 	size_t len;
 	size_t cap;
 };
@@ -55,18 +55,18 @@ struct buf {
 
 struct kumo_smtp_client {
 	/* Configuration */
-	char *ehlo_name;                     /* our EHLO/HELO argument */
+	char *ehlo_name;		     /* our EHLO/HELO argument */
 	struct kumo_smtp_client_timeouts to; /* with defaults filled in */
-	bool no_pipelining;                  /* never pipeline */
-	bool no_chunking;                    /* never BDAT */
+	bool no_pipelining;		     /* never pipeline */
+	bool no_chunking;		     /* never BDAT */
 
 	/* Session */
-	enum cli_state state;              /* what the next reply answers */
+	enum cli_state state;		   /* what the next reply answers */
 	struct kumo_smtp_client_caps caps; /* from the EHLO reply */
-	bool eof;                          /* the peer closed its side */
-	bool oom;                          /* an allocation failed: next() fails */
-	bool need_rset;                    /* the last transaction left the peer mid-way */
-	struct slot fail;                  /* the reply in the FAILED event */
+	bool eof;			   /* the peer closed its side */
+	bool oom;			   /* an allocation failed: next() fails */
+	bool need_rset;			   /* the last transaction left the peer mid-way */
+	struct slot fail;		   /* the reply in the FAILED event */
 	struct kumo_smtp_client_reply fail_view;
 
 	/* Input: unparsed bytes are in[in_off, in_len) */
@@ -78,27 +78,27 @@ struct kumo_smtp_client {
 
 	/* Transaction: the plan is [RSET] MAIL RCPT... (DATA "." | BDAT), one command each
 	 * in cmds, which are written all at once (pipelining) or one per reply. */
-	struct buf cmds;       /* formatted commands */
-	size_t *cmd_off;       /* command i is cmds.p[cmd_off[i], cmd_off[i + 1]) */
-	size_t ncmd;           /* commands in the plan (the "." is not one) */
-	size_t sent;           /* commands written, the "." included */
-	size_t got;            /* replies received */
-	bool rset;             /* the plan starts with RSET */
-	bool bdat;             /* BDAT rather than DATA */
-	bool pipelined;        /* the whole plan was written at once */
-	bool data_real;        /* the "." follows the message (not a lone one) */
-	bool ended;            /* the peer closed the transaction (reply to "." or BDAT 2xx) */
+	struct buf cmds; /* formatted commands */
+	size_t *cmd_off; /* command i is cmds.p[cmd_off[i], cmd_off[i + 1]) */
+	size_t ncmd;	 /* commands in the plan (the "." is not one) */
+	size_t sent;	 /* commands written, the "." included */
+	size_t got;	 /* replies received */
+	bool rset;	 /* the plan starts with RSET */
+	bool bdat;	 /* BDAT rather than DATA */
+	bool pipelined;	 /* the whole plan was written at once */
+	bool data_real;	 /* the "." follows the message (not a lone one) */
+	bool ended;	 /* the peer closed the transaction (reply to "." or BDAT 2xx) */
 	enum mail_state mail_st;
 	size_t nrcpt;
-	size_t accepted;       /* RCPT 2xx so far */
-	size_t rcpt_cap;       /* allocated entries of rst, rslot, res */
-	uint8_t *rst;          /* enum rcpt_state per recipient */
-	struct slot *rslot;    /* RCPT refusals */
+	size_t accepted;		    /* RCPT 2xx so far */
+	size_t rcpt_cap;		    /* allocated entries of rst, rslot, res */
+	uint8_t *rst;			    /* enum rcpt_state per recipient */
+	struct slot *rslot;		    /* RCPT refusals */
 	struct kumo_smtp_client_reply *res; /* the result per recipient */
-	struct slot mail;      /* reply to MAIL */
-	struct slot data;      /* data reply */
-	struct slot tfail;     /* what recipients get when the session fails */
-	const uint8_t *msg;    /* the caller's message data */
+	struct slot mail;		    /* reply to MAIL */
+	struct slot data;		    /* data reply */
+	struct slot tfail;		    /* what recipients get when the session fails */
+	const uint8_t *msg;		    /* the caller's message data */
 	size_t msg_len;
 	struct kumo_smtp_client_result result;
 	struct kumo_smtp_client_reply mail_view;
@@ -116,9 +116,9 @@ struct kumo_smtp_client {
 	uint64_t data_end; /* out_done value once the message data is written */
 
 	/* Time */
-	uint64_t now;        /* latest time seen */
-	uint64_t last;       /* base of the deadline: the last progress */
-	bool clock_restart;  /* input, output progress or a new command: restart the deadline */
+	uint64_t now;	    /* latest time seen */
+	uint64_t last;	    /* base of the deadline: the last progress */
+	bool clock_restart; /* input, output progress or a new command: restart the deadline */
 };
 
 void kumo_smtp_client_timeouts_defaults(struct kumo_smtp_client_timeouts *t)
@@ -251,11 +251,11 @@ slot_local(struct kumo_smtp_client *c, struct slot *s, int code, const char *enh
 static struct kumo_smtp_client_reply slot_view(const struct slot *s)
 {
 	struct kumo_smtp_client_reply r = {
-		.code = s->code,
-		.enhanced = s->enh,
-		.text = s->text ? s->text : "",
-		.command = s->cmd,
-		.local = s->local,
+	    .code = s->code,
+	    .enhanced = s->enh,
+	    .text = s->text ? s->text : "",
+	    .command = s->cmd,
+	    .local = s->local,
 	};
 	return r;
 }
@@ -467,9 +467,8 @@ static enum kumo_smtp_client_cmd awaited(const struct kumo_smtp_client *c)
 
 /* A local failure of the session (timeout, EOF, protocol error). After QUIT there is
  * nothing left to lose: the session just closes. */
-__attribute__((format(printf, 4, 5))) static void fail_local(struct kumo_smtp_client *c,
-							     int code, const char *enh,
-							     const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static void fail_local(struct kumo_smtp_client *c, int code,
+							     const char *enh, const char *fmt, ...)
 {
 	char text[LOCAL_MAX];
 	va_list ap;
@@ -542,7 +541,8 @@ static void parse_ehlo(struct kumo_smtp_client *c)
 			while (*p == ' ')
 				p++;
 			for (; *p >= '0' && *p <= '9'; p++)
-				v = v > (SIZE_MAX - 9) / 10 ? SIZE_MAX : v * 10 + (size_t)(*p - '0');
+				v = v > (SIZE_MAX - 9) / 10 ? SIZE_MAX
+							    : v * 10 + (size_t)(*p - '0');
 			c->caps.size_max = v;
 		} else if (keyword(line, n, "8BITMIME")) {
 			c->caps.eightbitmime = true;
@@ -649,7 +649,8 @@ static void on_txn(struct kumo_smtp_client *c)
 			goto unexpected;
 		if (cls == 2) {
 			c->rst[r] = RCPT_OK;
-			c->accepted++;
+			if (c->mail_st == MAIL_OK)
+				c->accepted++;
 		} else {
 			c->rst[r] = RCPT_REFUSED;
 			slot_peer(c, &c->rslot[r], cmd);
@@ -1153,10 +1154,10 @@ static void notify_put(struct kumo_smtp_client *c, unsigned n)
 		unsigned bit;
 		const char *name;
 	} names[] = {
-		{ KUMO_DSN_NOTIFY_NEVER, "NEVER" },
-		{ KUMO_DSN_NOTIFY_SUCCESS, "SUCCESS" },
-		{ KUMO_DSN_NOTIFY_FAILURE, "FAILURE" },
-		{ KUMO_DSN_NOTIFY_DELAY, "DELAY" },
+	    {KUMO_DSN_NOTIFY_NEVER, "NEVER"},
+	    {KUMO_DSN_NOTIFY_SUCCESS, "SUCCESS"},
+	    {KUMO_DSN_NOTIFY_FAILURE, "FAILURE"},
+	    {KUMO_DSN_NOTIFY_DELAY, "DELAY"},
 	};
 	const char *sep = " NOTIFY=";
 

@@ -13,48 +13,48 @@
 
 /* Timeout defaults (RFC 5321 4.5.3.2) and input bounds. */
 #define KUMO_SMTP_CLIENT_DEFAULT_GREETING_TIMEOUT_MS 300000   /* 4.5.3.2.1 */
-#define KUMO_SMTP_CLIENT_DEFAULT_EHLO_TIMEOUT_MS 300000       /* EHLO, HELO */
-#define KUMO_SMTP_CLIENT_DEFAULT_MAIL_TIMEOUT_MS 300000       /* 4.5.3.2.2; RSET, QUIT */
-#define KUMO_SMTP_CLIENT_DEFAULT_RCPT_TIMEOUT_MS 300000       /* 4.5.3.2.3 */
-#define KUMO_SMTP_CLIENT_DEFAULT_DATA_TIMEOUT_MS 120000       /* 4.5.3.2.4: DATA -> 354 */
+#define KUMO_SMTP_CLIENT_DEFAULT_EHLO_TIMEOUT_MS 300000	      /* EHLO, HELO */
+#define KUMO_SMTP_CLIENT_DEFAULT_MAIL_TIMEOUT_MS 300000	      /* 4.5.3.2.2; RSET, QUIT */
+#define KUMO_SMTP_CLIENT_DEFAULT_RCPT_TIMEOUT_MS 300000	      /* 4.5.3.2.3 */
+#define KUMO_SMTP_CLIENT_DEFAULT_DATA_TIMEOUT_MS 120000	      /* 4.5.3.2.4: DATA -> 354 */
 #define KUMO_SMTP_CLIENT_DEFAULT_DATA_BLOCK_TIMEOUT_MS 180000 /* 4.5.3.2.5 */
 #define KUMO_SMTP_CLIENT_DEFAULT_DATA_END_TIMEOUT_MS 600000   /* 4.5.3.2.6; BDAT LAST */
-#define KUMO_SMTP_CLIENT_MAX_LINE 4096   /* a reply line, CRLF included */
-#define KUMO_SMTP_CLIENT_MAX_REPLY 65536 /* text of one (multi-line) reply */
-#define KUMO_SMTP_CLIENT_INPUT_MAX 16384 /* unparsed input held */
+#define KUMO_SMTP_CLIENT_MAX_LINE 4096			      /* a reply line, CRLF included */
+#define KUMO_SMTP_CLIENT_MAX_REPLY 65536		      /* text of one (multi-line) reply */
+#define KUMO_SMTP_CLIENT_INPUT_MAX 8192			      /* unparsed input held */
 
 /* Timeouts in milliseconds; zero in a field means "use the default" above. Each one bounds
  * the wait for a reply (or, for data_block_ms, for the engine to write message data) and
- * restarts whenever input arrives or output is consumed. */
+ * restarts whenever input arrives, output is consumed or a command is written. */
 struct kumo_smtp_client_timeouts {
-	uint32_t greeting_ms;   /* the 220 greeting */
-	uint32_t ehlo_ms;       /* reply to EHLO or HELO */
-	uint32_t mail_ms;       /* reply to MAIL, RSET or QUIT */
-	uint32_t rcpt_ms;       /* reply to RCPT */
-	uint32_t data_ms;       /* reply to DATA (the 354) */
+	uint32_t greeting_ms;	/* the 220 greeting */
+	uint32_t ehlo_ms;	/* reply to EHLO or HELO */
+	uint32_t mail_ms;	/* reply to MAIL, RSET or QUIT */
+	uint32_t rcpt_ms;	/* reply to RCPT */
+	uint32_t data_ms;	/* reply to DATA (the 354) */
 	uint32_t data_block_ms; /* message data sitting unwritten in the output */
-	uint32_t data_end_ms;   /* reply to the final "." or to BDAT LAST */
+	uint32_t data_end_ms;	/* reply to the final "." or to BDAT LAST */
 };
 
 struct kumo_smtp_client_cfg {
 	const char *ehlo_name; /* our name in EHLO/HELO (domain or address literal); copied */
 	struct kumo_smtp_client_timeouts timeouts;
-	bool no_pipelining;    /* one command at a time even when PIPELINING is offered */
-	bool no_chunking;      /* DATA even when CHUNKING is offered */
+	bool no_pipelining; /* one command at a time even when PIPELINING is offered */
+	bool no_chunking;   /* DATA even when CHUNKING is offered */
 };
 
 /* What the peer offered in its EHLO reply; all false after HELO. */
 struct kumo_smtp_client_caps {
-	bool esmtp;               /* EHLO was accepted */
-	bool pipelining;          /* RFC 2920 */
-	bool size;                /* RFC 1870 */
-	size_t size_max;          /* SIZE argument; 0 when none or 0 (no fixed limit) */
-	bool eightbitmime;        /* RFC 6152 */
-	bool smtputf8;            /* RFC 6531 */
-	bool chunking;            /* RFC 3030 */
-	bool dsn;                 /* RFC 3461 */
+	bool esmtp;		  /* EHLO was accepted */
+	bool pipelining;	  /* RFC 2920 */
+	bool size;		  /* RFC 1870 */
+	size_t size_max;	  /* SIZE argument; 0 when none or 0 (no fixed limit) */
+	bool eightbitmime;	  /* RFC 6152 */
+	bool smtputf8;		  /* RFC 6531 */
+	bool chunking;		  /* RFC 3030 */
+	bool dsn;		  /* RFC 3461 */
 	bool enhancedstatuscodes; /* RFC 2034 */
-	bool starttls;            /* RFC 3207: recorded only; TLS is the engine's business */
+	bool starttls;		  /* RFC 3207: recorded only; TLS is the engine's business */
 };
 
 /* The command a reply answers (or the stage a synthesized reply stands for). */
@@ -75,13 +75,13 @@ enum kumo_smtp_client_cmd {
 /* A reply from the peer or one the machine made up. Strings are NUL-terminated and owned by
  * the machine; the event that carries the reply says how long they live. */
 struct kumo_smtp_client_reply {
-	int code;             /* 200-599; 0: there is no such reply */
+	int code;	      /* 200-599; 0: there is no such reply */
 	const char *enhanced; /* "c.sss.ddd" (RFC 3463) when the peer offered
 			       * ENHANCEDSTATUSCODES and the first line had one, else "" */
 	const char *text;     /* the lines after code (and enhanced code), joined with '\n';
 			       * control characters are turned into spaces */
 	enum kumo_smtp_client_cmd command;
-	bool local;           /* synthesized by the machine, not sent by the peer */
+	bool local; /* synthesized by the machine, not sent by the peer */
 };
 
 /* A recipient of an outbound transaction. */
@@ -96,11 +96,11 @@ struct kumo_smtp_client_rcpt {
 struct kumo_smtp_client_txn {
 	const char *sender; /* reverse-path without angle brackets; "" for the null sender */
 	const struct kumo_smtp_client_rcpt *rcpts;
-	size_t nrcpt;        /* at least one */
+	size_t nrcpt; /* at least one */
 	enum kumo_dsn_ret ret;
 	const char *envid;   /* ENVID as xtext (RFC 3461 4.4), sent as given, or NULL */
-	bool body_8bit;      /* the body has octets above 127: BODY=8BITMIME when offered */
-	bool smtputf8;       /* needs SMTPUTF8 (also implied by a non-ASCII address) */
+	bool body_8bit;	     /* the body has octets above 127: BODY=8BITMIME when offered */
+	bool smtputf8;	     /* needs SMTPUTF8 (also implied by a non-ASCII address) */
 	const uint8_t *data; /* the message, CRLF line ends, not dot-stuffed */
 	size_t data_len;
 	size_t declared_size; /* SIZE= value; 0: data_len */

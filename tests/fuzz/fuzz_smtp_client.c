@@ -38,18 +38,19 @@ static void sb_str(struct sbuf *b, const char *s)
 }
 
 static const char *const messages[] = {
-	"Subject: x\r\n\r\n.dot\r\n..two\r\n.\r\nend",
-	"",
-	".\r\n",
-	"a\nb\n.\n\r\n.\r",
-	"caf\xc3\xa9\r\n",
+    "Subject: x\r\n\r\n.dot\r\n..two\r\n.\r\nend",
+    "",
+    ".\r\n",
+    "a\nb\n.\n\r\n.\r",
+    "caf\xc3\xa9\r\n",
 };
 
 static const struct kumo_smtp_client_rcpt rcpts[] = {
-	{ .addr = "a@x.test", .notify = KUMO_DSN_NOTIFY_FAILURE | KUMO_DSN_NOTIFY_DELAY,
-	  .orcpt = "rfc822;a@x.test" },
-	{ .addr = "\xc3\xbc@x.test", .notify = KUMO_DSN_NOTIFY_NEVER },
-	{ .addr = "b@x.test" },
+    {.addr = "a@x.test",
+     .notify = KUMO_DSN_NOTIFY_FAILURE | KUMO_DSN_NOTIFY_DELAY,
+     .orcpt = "rfc822;a@x.test"},
+    {.addr = "\xc3\xbc@x.test", .notify = KUMO_DSN_NOTIFY_NEVER},
+    {.addr = "b@x.test"},
 };
 
 struct run {
@@ -59,7 +60,7 @@ struct run {
 	unsigned sent; /* transactions started */
 	bool quit;     /* quit() after the last transaction */
 	bool quitted;
-	bool over;     /* FAILED or CLOSED seen */
+	bool over; /* FAILED or CLOSED seen */
 	struct sbuf out, ev;
 	uint32_t rng; /* split and API-path choices, differ per run */
 };
@@ -207,8 +208,8 @@ static void feed(struct run *r, const uint8_t *p, size_t n)
 
 enum mode { WHOLE, PIECES, BYTES };
 
-static void run(struct run *r, const struct kumo_smtp_client_cfg *cfg, bool eof,
-		const uint8_t *in, size_t len, enum mode mode)
+static void run(struct run *r, const struct kumo_smtp_client_cfg *cfg, bool eof, const uint8_t *in,
+		size_t len, enum mode mode)
 {
 	if (kumo_smtp_client_new(cfg, NOW, &r->c))
 		abort();
@@ -277,7 +278,7 @@ static void make_txns(struct run *r, uint8_t sel, uint8_t more)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct kumo_smtp_client_cfg cfg = { .ehlo_name = "client.fuzz" };
+	struct kumo_smtp_client_cfg cfg = {.ehlo_name = "client.fuzz"};
 	struct run runs[3];
 	uint8_t flags;
 	size_t nruns;

@@ -53,77 +53,80 @@
 /* ---- Transactions ---- */
 
 static const struct kumo_smtp_client_rcpt rcpts3[] = {
-	{ .addr = "c@d.test" },
-	{ .addr = "e@d.test" },
-	{ .addr = "f@d.test" },
+    {.addr = "c@d.test"},
+    {.addr = "e@d.test"},
+    {.addr = "f@d.test"},
 };
 
-#define TXN(n) { .sender = "a@b.test", .rcpts = rcpts3, .nrcpt = (n), \
-		 .data = (const uint8_t *)MSG, .data_len = sizeof(MSG) - 1 }
+#define TXN(n)                                                                                     \
+	{                                                                                          \
+		.sender = "a@b.test", .rcpts = rcpts3, .nrcpt = (n), .data = (const uint8_t *)MSG, \
+		.data_len = sizeof(MSG) - 1                                                        \
+	}
 
 static const struct kumo_smtp_client_txn txn1 = TXN(1);
 static const struct kumo_smtp_client_txn txn2 = TXN(2);
 static const struct kumo_smtp_client_txn txn3 = TXN(3);
 
 static const struct kumo_smtp_client_rcpt dsn_rcpts[] = {
-	{ .addr = "c@d.test",
-	  .notify = KUMO_DSN_NOTIFY_SUCCESS | KUMO_DSN_NOTIFY_FAILURE,
-	  .orcpt = "rfc822;c+40d.test" },
-	{ .addr = "e@d.test", .notify = KUMO_DSN_NOTIFY_NEVER },
+    {.addr = "c@d.test",
+     .notify = KUMO_DSN_NOTIFY_SUCCESS | KUMO_DSN_NOTIFY_FAILURE,
+     .orcpt = "rfc822;c+40d.test"},
+    {.addr = "e@d.test", .notify = KUMO_DSN_NOTIFY_NEVER},
 };
 
 static const struct kumo_smtp_client_txn txn_dsn = {
-	.sender = "",
-	.rcpts = dsn_rcpts,
-	.nrcpt = 2,
-	.ret = KUMO_DSN_RET_HDRS,
-	.envid = "QQ+2Bid",
-	.data = (const uint8_t *)"x\r\n",
-	.data_len = 3,
+    .sender = "",
+    .rcpts = dsn_rcpts,
+    .nrcpt = 2,
+    .ret = KUMO_DSN_RET_HDRS,
+    .envid = "QQ+2Bid",
+    .data = (const uint8_t *)"x\r\n",
+    .data_len = 3,
 };
 
-static const struct kumo_smtp_client_rcpt utf8_rcpt[] = { { .addr = "j\xc3\xbcrgen@d.test" } };
+static const struct kumo_smtp_client_rcpt utf8_rcpt[] = {{.addr = "j\xc3\xbcrgen@d.test"}};
 
 static const struct kumo_smtp_client_txn txn_utf8 = {
-	.sender = "a@b.test",
-	.rcpts = utf8_rcpt,
-	.nrcpt = 1,
-	.data = (const uint8_t *)"x\r\n",
-	.data_len = 3,
+    .sender = "a@b.test",
+    .rcpts = utf8_rcpt,
+    .nrcpt = 1,
+    .data = (const uint8_t *)"x\r\n",
+    .data_len = 3,
 };
 
 static const struct kumo_smtp_client_txn txn_8bit = {
-	.sender = "a@b.test",
-	.rcpts = rcpts3,
-	.nrcpt = 1,
-	.body_8bit = true,
-	.data = (const uint8_t *)"caf\xc3\xa9\r\n",
-	.data_len = 7,
+    .sender = "a@b.test",
+    .rcpts = rcpts3,
+    .nrcpt = 1,
+    .body_8bit = true,
+    .data = (const uint8_t *)"caf\xc3\xa9\r\n",
+    .data_len = 7,
 };
 
 static const struct kumo_smtp_client_txn txn_big = {
-	.sender = "a@b.test",
-	.rcpts = rcpts3,
-	.nrcpt = 2,
-	.data = (const uint8_t *)"x\r\n",
-	.data_len = 3,
-	.declared_size = 10001,
+    .sender = "a@b.test",
+    .rcpts = rcpts3,
+    .nrcpt = 2,
+    .data = (const uint8_t *)"x\r\n",
+    .data_len = 3,
+    .declared_size = 10001,
 };
 
 static const struct kumo_smtp_client_txn txn_empty = {
-	.sender = "a@b.test",
-	.rcpts = rcpts3,
-	.nrcpt = 1,
+    .sender = "a@b.test",
+    .rcpts = rcpts3,
+    .nrcpt = 1,
 };
 
 #define LEAD_DOT ".start\n.bare lf\r\nends with cr\r"
 
 static const struct kumo_smtp_client_txn txn_lead_dot = {
-	.sender = "a@b.test",
-	.rcpts = rcpts3,
-	.nrcpt = 1,
-	.data = (const uint8_t *)LEAD_DOT,
-	.data_len = sizeof(LEAD_DOT) - 1,
+    .sender = "a@b.test",
+    .rcpts = rcpts3,
+    .nrcpt = 1,
+    .data = (const uint8_t *)LEAD_DOT,
+    .data_len = sizeof(LEAD_DOT) - 1,
 };
 
 typedef void (*hook_fn)(struct kumo_smtp_client *c, const struct kumo_smtp_client_ev *ev);
@@ -134,17 +137,17 @@ struct transcript {
 	bool no_chunking;
 	const struct kumo_smtp_client_txn *const *txns; /* sent at successive READY events */
 	size_t ntxn;
-	bool quit;          /* quit() at the READY after the last transaction */
-	const char *in;     /* every byte the peer sends */
-	bool eof;           /* the peer closes after sending everything */
+	bool quit;	    /* quit() at the READY after the last transaction */
+	const char *in;	    /* every byte the peer sends */
+	bool eof;	    /* the peer closes after sending everything */
 	const char *out;    /* every byte the client writes */
 	const char *events; /* the events, space separated */
-	hook_fn hook;       /* called on each event */
+	hook_fn hook;	    /* called on each event */
 };
 
-#define TXNS(...)                                                              \
-	.txns = (const struct kumo_smtp_client_txn *const[]){ __VA_ARGS__ },   \
-	.ntxn = sizeof((const struct kumo_smtp_client_txn *const[]){ __VA_ARGS__ }) / \
+#define TXNS(...)                                                                                  \
+	.txns = (const struct kumo_smtp_client_txn *const[]){__VA_ARGS__},                         \
+	.ntxn = sizeof((const struct kumo_smtp_client_txn *const[]){__VA_ARGS__}) /                \
 		sizeof(const struct kumo_smtp_client_txn *)
 
 /* ---- Harness ---- */
@@ -307,13 +310,13 @@ enum feed_mode { FEED_WHOLE, FEED_SPLIT, FEED_BYTES };
 static void run_once(const struct transcript *t, enum feed_mode mode, size_t split)
 {
 	struct kumo_smtp_client_cfg cfg = {
-		.ehlo_name = "client.test",
-		.no_pipelining = t->no_pipelining,
-		.no_chunking = t->no_chunking,
+	    .ehlo_name = "client.test",
+	    .no_pipelining = t->no_pipelining,
+	    .no_chunking = t->no_chunking,
 	};
 	const uint8_t *in = (const uint8_t *)t->in;
 	size_t len = strlen(t->in);
-	struct run r = { .t = t };
+	struct run r = {.t = t};
 
 	assert_int_equal(kumo_smtp_client_new(&cfg, NOW, &r.c), 0);
 	drain(&r);
@@ -424,411 +427,474 @@ static void fail_cmd_hook(struct kumo_smtp_client *c, const struct kumo_smtp_cli
 
 /* ---- Transcripts ---- */
 
-#define DONE_OK2 "DONE(250 2.0.0 Queued as 1234 | 250 2.0.0 Queued as 1234; data 250 2.0.0 " \
-		 "Queued as 1234)"
+#define DONE_OK2                                                                                   \
+	"DONE(250 2.0.0 Queued as 1234 | 250 2.0.0 Queued as 1234; data 250 2.0.0 "                \
+	"Queued as 1234)"
 #define DONE_OK1 "DONE(250 2.0.0 Queued as 1234; data 250 2.0.0 Queued as 1234)"
 
 static const struct transcript transcripts[] = {
-	{
-		.name = "pipelined DATA, dot-stuffing, QUIT",
-		TXNS(&txn2),
-		.quit = true,
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK RCPT_OK GO QUEUED BYE,
-		.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_DATA MSG_STUFFED C_QUIT,
-		.events = "READY " DONE_OK2 " READY CLOSED",
-	},
-	{
-		.name = "one command at a time without PIPELINING",
-		TXNS(&txn2),
-		.quit = true,
-		.in = GREET EHLO_PLAIN MAIL_OK RCPT_OK RCPT_OK GO QUEUED BYE,
-		.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_DATA MSG_STUFFED C_QUIT,
-		.events = "READY " DONE_OK2 " READY CLOSED",
-	},
-	{
-		.name = "pipelined BDAT when CHUNKING is offered",
-		TXNS(&txn1),
-		.quit = true,
-		.in = GREET EHLO_REPLY(X_PIPE X_SIZE X_8BIT X_UTF8 X_ENH X_CHUNK X_DSN
-					       "250-STARTTLS\r\n") MAIL_OK RCPT_OK QUEUED BYE,
-		.out = C_EHLO C_MAIL C_RCPT1 C_BDAT C_QUIT,
-		.events = "READY " DONE_OK1 " READY CLOSED",
-		.hook = caps_full_hook,
-	},
-	{
-		.name = "BDAT one command at a time",
-		TXNS(&txn1),
-		.quit = true,
-		.in = GREET EHLO_REPLY(X_SIZE X_ENH X_CHUNK) MAIL_OK RCPT_OK QUEUED BYE,
-		.out = C_EHLO C_MAIL C_RCPT1 C_BDAT C_QUIT,
-		.events = "READY " DONE_OK1 " READY CLOSED",
-	},
-	{
-		.name = "CHUNKING offered but disabled: DATA",
-		.no_chunking = true,
-		TXNS(&txn1),
-		.in = GREET EHLO_REPLY(X_PIPE X_SIZE X_ENH X_CHUNK) MAIL_OK RCPT_OK GO QUEUED,
-		.out = C_EHLO C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
-		.events = "READY " DONE_OK1 " READY",
-	},
-	{
-		.name = "PIPELINING offered but disabled",
-		.no_pipelining = true,
-		TXNS(&txn1),
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK GO QUEUED,
-		.out = C_EHLO C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
-		.events = "READY " DONE_OK1 " READY",
-	},
-	{
-		.name = "empty message, leading dot, bare LF and final CR",
-		TXNS(&txn_empty, &txn_lead_dot),
-		.in = GREET EHLO_REPLY(X_PIPE) MAIL_OK RCPT_OK GO "250 ok\r\n" MAIL_OK RCPT_OK GO
-			"250 ok\r\n",
-		.out = C_EHLO "MAIL FROM:<a@b.test>\r\n" C_RCPT1 C_DATA ".\r\n"
-			      "MAIL FROM:<a@b.test>\r\n" C_RCPT1 C_DATA
-			      "..start\n..bare lf\r\nends with cr\r\n.\r\n",
-		.events = "READY DONE(250 ok; data 250 ok) READY DONE(250 ok; data 250 ok) READY",
-	},
-	{
-		.name = "multi-line replies, enhanced codes stripped from every line",
-		TXNS(&txn3),
-		.in = "220-mx.test ESMTP\r\n220-second line\r\n220 third\r\n" EHLO_PIPE
-		      "250-2.1.0 Sender\r\n250 2.1.0 OK\r\n"
-		      "250 2.1.5 OK\r\n"
-		      "550-5.1.1 No such\r\n550-5.1.1 user here\r\n550 5.1.1 really\r\n"
-		      "452-4.2.2 Mailbox\r\n452-keep this\r\n452 4.2.2 full\r\n" GO
-		      "250-2.0.0 Queued\r\n250-\r\n250 2.0.0 as 99\r\n",
-		.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_RCPT3 C_DATA MSG_STUFFED,
-		.events = "READY DONE(250 2.0.0 Queued//as 99 | 550 5.1.1 No such/user here/really | "
-			  "452 4.2.2 Mailbox/keep this/full; data 250 2.0.0 Queued//as 99) READY",
-	},
-	{
-		.name = "no ENHANCEDSTATUSCODES: codes stay in the text; lenient line ends",
-		TXNS(&txn2),
-		.in = GREET "250-mx.test\n250 PIPELINING\n250\n250 2.1.5 OK\r\n"
-			    "550 5.1.1 unknown\x01user\r\n" GO "250 2.0.0 done\r\n",
-		.out = C_EHLO "MAIL FROM:<a@b.test>\r\n" C_RCPT1 C_RCPT2 C_DATA MSG_STUFFED,
-		.events = "READY DONE(250 2.0.0 done | 550 5.1.1 unknown user; data 250 2.0.0 done)"
-			  " READY",
-	},
-	{
-		.name = "per-recipient 4xx/5xx mixed with success",
-		TXNS(&txn3),
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK "450 4.2.0 Greylisted\r\n"
-			    "550 5.1.1 Unknown user\r\n" GO QUEUED,
-		.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_RCPT3 C_DATA MSG_STUFFED,
-		.events = "READY DONE(250 2.0.0 Queued as 1234 | 450 4.2.0 Greylisted | "
-			  "550 5.1.1 Unknown user; data 250 2.0.0 Queued as 1234) READY",
-		.hook = commands_hook,
-	},
-	{
-		.name = "all refused, pipelined DATA refused: no data, RSET before the next",
-		TXNS(&txn2, &txn1),
-		.in = GREET EHLO_PIPE MAIL_OK "550 5.1.1 No\r\n" "451 4.3.0 Later\r\n"
-			    "554 5.5.1 No valid recipients\r\n"
-			    "250 2.0.0 Reset\r\n" MAIL_OK RCPT_OK GO QUEUED,
-		.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_DATA C_RSET C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
-		.events = "READY DONE(550 5.1.1 No | 451 4.3.0 Later; data -) READY " DONE_OK1
-			  " READY",
-	},
-	{
-		.name = "all refused, DATA got 354: a lone dot (RFC 2920 3.1), no RSET after",
-		TXNS(&txn1, &txn1),
-		.in = GREET EHLO_PIPE MAIL_OK "550 5.1.1 No\r\n" GO
-			    "554 5.5.1 No valid recipients\r\n" MAIL_OK RCPT_OK GO QUEUED,
-		.out = C_EHLO C_MAIL C_RCPT1 C_DATA ".\r\n" C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
-		.events = "READY DONE(550 5.1.1 No; data -) READY " DONE_OK1 " READY",
-	},
-	{
-		.name = "all refused without PIPELINING: DATA never sent, RSET before the next",
-		TXNS(&txn2, &txn1),
-		.quit = true,
-		.in = GREET EHLO_PLAIN MAIL_OK "550 5.1.1 No\r\n" "550 5.1.1 Nope\r\n"
-			    "250 2.0.0 OK\r\n" MAIL_OK "550 5.1.1 No\r\n" BYE,
-		.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_RSET C_MAIL C_RCPT1 C_QUIT,
-		.events = "READY DONE(550 5.1.1 No | 550 5.1.1 Nope; data -) READY "
-			  "DONE(550 5.1.1 No; data -) READY CLOSED",
-	},
-	{
-		.name = "MAIL refused, pipelined: recipients get the MAIL reply, no RSET",
-		TXNS(&txn2, &txn1),
-		.in = GREET EHLO_PIPE "553 5.1.8 Bad sender\r\n" "503 5.5.1 No MAIL\r\n"
-			    "503 5.5.1 No MAIL\r\n" "503 5.5.1 No MAIL\r\n" MAIL_OK RCPT_OK GO
-			    QUEUED,
-		.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_DATA C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
-		.events = "READY DONE(553 5.1.8 Bad sender | 553 5.1.8 Bad sender; data -) READY "
-			  DONE_OK1 " READY",
-	},
-	{
-		.name = "MAIL refused, one at a time: nothing more sent",
-		TXNS(&txn2),
-		.quit = true,
-		.in = GREET EHLO_PLAIN "451 4.3.0 Try later\r\n" BYE,
-		.out = C_EHLO C_MAIL C_QUIT,
-		.events = "READY DONE(451 4.3.0 Try later | 451 4.3.0 Try later; data -) READY "
-			  "CLOSED",
-	},
-	{
-		.name = "end of data refused 552",
-		TXNS(&txn2, &txn1),
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK RCPT_OK GO
-			    "552 5.3.4 Message too big\r\n" MAIL_OK RCPT_OK GO QUEUED,
-		.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_DATA MSG_STUFFED C_MAIL C_RCPT1 C_DATA
-			MSG_STUFFED,
-		.events = "READY DONE(552 5.3.4 Message too big | 552 5.3.4 Message too big; "
-			  "data 552 5.3.4 Message too big) READY " DONE_OK1 " READY",
-	},
-	{
-		.name = "DATA command refused: RSET before the next",
-		TXNS(&txn1, &txn1),
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK "451 4.3.0 Not now\r\n" "250 2.0.0 OK\r\n"
-			    MAIL_OK RCPT_OK GO QUEUED,
-		.out = C_EHLO C_MAIL C_RCPT1 C_DATA C_RSET C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
-		.events = "READY DONE(451 4.3.0 Not now; data 451 4.3.0 Not now) READY " DONE_OK1
-			  " READY",
-	},
-	{
-		.name = "BDAT LAST refused: RSET before the next",
-		TXNS(&txn1, &txn1),
-		.in = GREET EHLO_REPLY(X_PIPE X_SIZE X_ENH X_CHUNK) MAIL_OK RCPT_OK
-			"554 5.7.1 Spam\r\n" "250 2.0.0 OK\r\n" MAIL_OK RCPT_OK QUEUED,
-		.out = C_EHLO C_MAIL C_RCPT1 C_BDAT C_RSET C_MAIL C_RCPT1 C_BDAT,
-		.events = "READY DONE(554 5.7.1 Spam; data 554 5.7.1 Spam) READY " DONE_OK1
-			  " READY",
-	},
-	{
-		.name = "RSET refused ends the session",
-		TXNS(&txn1, &txn1),
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK "451 4.3.0 Not now\r\n"
-			    "500 5.5.1 What\r\n" MAIL_OK RCPT_OK GO,
-		.out = C_EHLO C_MAIL C_RCPT1 C_DATA C_RSET C_MAIL C_RCPT1 C_DATA,
-		.events = "READY DONE(451 4.3.0 Not now; data 451 4.3.0 Not now) READY "
-			  "DONE(451 4.5.0 protocol error: RSET refused (local); data 451 4.5.0 "
-			  "protocol error: RSET refused (local)) FAILED(500 5.5.1 What)",
-	},
-	{
-		.name = "421 mid-session: pending recipients get it, refusals stay",
-		TXNS(&txn3),
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK "550 5.1.1 No\r\n"
-			    "421 4.3.2 Shutting down\r\n",
-		.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_RCPT3 C_DATA,
-		.events = "READY DONE(421 4.3.2 Shutting down | 550 5.1.1 No | 421 4.3.2 Shutting "
-			  "down; data 421 4.3.2 Shutting down) FAILED(421 4.3.2 Shutting down)",
-	},
-	{
-		.name = "421 instead of the end of data reply",
-		TXNS(&txn1),
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK GO "421 4.4.2 Timeout\r\n",
-		.out = C_EHLO C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
-		.events = "READY DONE(421 4.4.2 Timeout; data 421 4.4.2 Timeout) "
-			  "FAILED(421 4.4.2 Timeout)",
-		.hook = fail_cmd_hook,
-	},
-	{
-		.name = "421 while idle, then the peer closes",
-		TXNS(&txn1),
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK GO QUEUED "421 4.4.2 Idle timeout\r\n",
-		.eof = true,
-		.out = C_EHLO C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
-		.events = "READY " DONE_OK1 " READY FAILED(421 4.4.2 Idle timeout)",
-	},
-	{
-		.name = "EHLO refused: HELO, no extensions",
-		TXNS(&txn_dsn),
-		.quit = true,
-		.in = GREET "502 5.5.2 Command not recognized\r\n" "250 mx.test\r\n" MAIL_OK
-			    RCPT_OK RCPT_OK GO QUEUED BYE,
-		.out = C_EHLO C_HELO "MAIL FROM:<>\r\n" C_RCPT1 C_RCPT2 C_DATA "x\r\n.\r\n" C_QUIT,
-		.events = "READY DONE(250 2.0.0 Queued as 1234 | 250 2.0.0 Queued as 1234; "
-			  "data 250 2.0.0 Queued as 1234) READY CLOSED",
-		.hook = helo_hook,
-	},
-	{
-		.name = "EHLO and HELO refused",
-		.in = GREET "500 no\r\n" "550 go away\r\n",
-		.out = C_EHLO C_HELO C_QUIT,
-		.events = "FAILED(550 go away)",
-	},
-	{
-		.name = "EHLO answered 421",
-		.in = GREET "421 mx.test closing\r\n",
-		.out = C_EHLO,
-		.events = "FAILED(421 mx.test closing)",
-	},
-	{
-		.name = "EHLO answered 4xx: QUIT",
-		.in = GREET "451 busy\r\n",
-		.out = C_EHLO C_QUIT,
-		.events = "FAILED(451 busy)",
-	},
-	{
-		.name = "greeting 554: QUIT (RFC 5321 3.1)",
-		.in = "554-mx.test no service\r\n554 go away\r\n",
-		.out = C_QUIT,
-		.events = "FAILED(554 mx.test no service/go away)",
-	},
-	{
-		.name = "greeting 421: no QUIT",
-		.in = "421 mx.test busy\r\n",
-		.out = "",
-		.events = "FAILED(421 mx.test busy)",
-	},
-	{
-		.name = "SIZE over the peer's limit fails locally, then a message fits",
-		TXNS(&txn_big, &txn1),
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK GO QUEUED,
-		.out = C_EHLO C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
-		.events = "READY DONE(552 5.3.4 message size 10001 exceeds the peer's limit of "
-			  "10000 (local) | 552 5.3.4 message size 10001 exceeds the peer's limit "
-			  "of 10000 (local); data 552 5.3.4 message size 10001 exceeds the "
-			  "peer's limit of 10000 (local)) READY " DONE_OK1 " READY",
-		.hook = size_hook,
-	},
-	{
-		.name = "SMTPUTF8 needed but not offered",
-		TXNS(&txn_utf8),
-		.in = GREET EHLO_PIPE,
-		.out = C_EHLO,
-		.events = "READY DONE(553 5.6.7 the peer does not support SMTPUTF8 (local); data "
-			  "553 5.6.7 the peer does not support SMTPUTF8 (local)) READY",
-	},
-	{
-		.name = "SMTPUTF8 offered: parameter sent",
-		TXNS(&txn_utf8),
-		.in = GREET EHLO_REPLY(X_PIPE X_UTF8) MAIL_OK RCPT_OK GO "250 ok\r\n",
-		.out = C_EHLO "MAIL FROM:<a@b.test> SMTPUTF8\r\nRCPT TO:<j\xc3\xbcrgen@d.test>\r\n"
-			      C_DATA "x\r\n.\r\n",
-		.events = "READY DONE(250 ok; data 250 ok) READY",
-	},
-	{
-		.name = "DSN parameters when DSN is offered",
-		TXNS(&txn_dsn),
-		.in = GREET EHLO_REPLY(X_PIPE X_DSN) MAIL_OK RCPT_OK RCPT_OK GO "250 ok\r\n",
-		.out = C_EHLO "MAIL FROM:<> RET=HDRS ENVID=QQ+2Bid\r\n"
-			      "RCPT TO:<c@d.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c+40d.test\r\n"
-			      "RCPT TO:<e@d.test> NOTIFY=NEVER\r\n" C_DATA "x\r\n.\r\n",
-		.events = "READY DONE(250 ok | 250 ok; data 250 ok) READY",
-	},
-	{
-		.name = "no DSN parameters without DSN",
-		TXNS(&txn_dsn),
-		.in = GREET EHLO_REPLY(X_PIPE) MAIL_OK RCPT_OK RCPT_OK GO "250 ok\r\n",
-		.out = C_EHLO "MAIL FROM:<>\r\n" C_RCPT1 C_RCPT2 C_DATA "x\r\n.\r\n",
-		.events = "READY DONE(250 ok | 250 ok; data 250 ok) READY",
-	},
-	{
-		.name = "8-bit body: BODY=8BITMIME only when offered",
-		TXNS(&txn_8bit, &txn_8bit),
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK GO "250 ok\r\n" MAIL_OK RCPT_OK GO
-			    "250 ok\r\n",
-		.out = C_EHLO "MAIL FROM:<a@b.test> SIZE=7 BODY=8BITMIME\r\n" C_RCPT1 C_DATA
-			      "caf\xc3\xa9\r\n.\r\n"
-			      "MAIL FROM:<a@b.test> SIZE=7 BODY=8BITMIME\r\n" C_RCPT1 C_DATA
-			      "caf\xc3\xa9\r\n.\r\n",
-		.events = "READY DONE(250 ok; data 250 ok) READY DONE(250 ok; data 250 ok) READY",
-	},
-	{
-		.name = "8-bit body sent anyway without 8BITMIME",
-		TXNS(&txn_8bit),
-		.in = GREET EHLO_REPLY(X_PIPE) MAIL_OK RCPT_OK GO "250 ok\r\n",
-		.out = C_EHLO "MAIL FROM:<a@b.test>\r\n" C_RCPT1 C_DATA "caf\xc3\xa9\r\n.\r\n",
-		.events = "READY DONE(250 ok; data 250 ok) READY",
-	},
-	{
-		.name = "two transactions on one connection, no RSET between",
-		TXNS(&txn1, &txn2),
-		.quit = true,
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK GO QUEUED MAIL_OK RCPT_OK RCPT_OK GO QUEUED
-			    BYE,
-		.out = C_EHLO C_MAIL C_RCPT1 C_DATA MSG_STUFFED C_MAIL C_RCPT1 C_RCPT2 C_DATA
-			MSG_STUFFED C_QUIT,
-		.events = "READY " DONE_OK1 " READY " DONE_OK2 " READY CLOSED",
-	},
-	{
-		.name = "EOF mid-DATA",
-		TXNS(&txn2),
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK "550 5.1.1 No\r\n" GO "250 2.0",
-		.eof = true,
-		.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_DATA MSG_STUFFED,
-		.events = "READY DONE(451 4.4.2 connection closed (local) | 550 5.1.1 No; data 451 "
-			  "4.4.2 connection closed (local)) FAILED(451 4.4.2 connection closed "
-			  "(local))",
-		.hook = fail_cmd_hook,
-	},
-	{
-		.name = "EOF before the greeting",
-		.in = "220 mx",
-		.eof = true,
-		.out = "",
-		.events = "FAILED(451 4.4.2 connection closed (local))",
-	},
-	{
-		.name = "EOF after QUIT instead of 221",
-		.quit = true,
-		.in = GREET EHLO_PIPE,
-		.eof = true,
-		.out = C_EHLO C_QUIT,
-		.events = "READY CLOSED",
-	},
-	{
-		.name = "malformed reply",
-		TXNS(&txn1),
-		.in = GREET EHLO_PIPE MAIL_OK "hello\r\n",
-		.out = C_EHLO C_MAIL C_RCPT1 C_DATA,
-		.events = "READY DONE(451 4.5.0 protocol error: malformed reply (local); data 451 "
-			  "4.5.0 protocol error: malformed reply (local)) FAILED(451 4.5.0 "
-			  "protocol error: malformed reply (local))",
-	},
-	{
-		.name = "reply code changing within a multi-line reply",
-		.in = "220-a\r\n250 b\r\n",
-		.out = "",
-		.events = "FAILED(451 4.5.0 protocol error: reply code changed within a "
-			  "multi-line reply (local))",
-	},
-	{
-		.name = "bad separator",
-		.in = "220_x\r\n",
-		.out = "",
-		.events = "FAILED(451 4.5.0 protocol error: malformed reply (local))",
-	},
-	{
-		.name = "1xx code",
-		.in = "120 wait\r\n",
-		.out = "",
-		.events = "FAILED(451 4.5.0 protocol error: malformed reply (local))",
-	},
-	{
-		.name = "code too short",
-		.in = "22\r\n",
-		.out = "",
-		.events = "FAILED(451 4.5.0 protocol error: malformed reply (local))",
-	},
-	{
-		.name = "3xx to MAIL",
-		TXNS(&txn1),
-		.in = GREET EHLO_PIPE "354 what\r\n",
-		.out = C_EHLO C_MAIL C_RCPT1 C_DATA,
-		.events = "READY DONE(451 4.5.0 protocol error: unexpected reply code (local); "
-			  "data 451 4.5.0 protocol error: unexpected reply code (local)) "
-			  "FAILED(451 4.5.0 protocol error: unexpected reply code (local))",
-	},
-	{
-		.name = "2xx to DATA",
-		TXNS(&txn1),
-		.in = GREET EHLO_PIPE MAIL_OK RCPT_OK "250 what\r\n",
-		.out = C_EHLO C_MAIL C_RCPT1 C_DATA,
-		.events = "READY DONE(451 4.5.0 protocol error: unexpected reply code (local); "
-			  "data 451 4.5.0 protocol error: unexpected reply code (local)) "
-			  "FAILED(451 4.5.0 protocol error: unexpected reply code (local))",
-	},
+    {
+	.name = "pipelined DATA, dot-stuffing, QUIT",
+	TXNS(&txn2),
+	.quit = true,
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK RCPT_OK GO QUEUED BYE,
+	.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_DATA MSG_STUFFED C_QUIT,
+	.events = "READY " DONE_OK2 " READY CLOSED",
+    },
+    {
+	.name = "one command at a time without PIPELINING",
+	TXNS(&txn2),
+	.quit = true,
+	.in = GREET EHLO_PLAIN MAIL_OK RCPT_OK RCPT_OK GO QUEUED BYE,
+	.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_DATA MSG_STUFFED C_QUIT,
+	.events = "READY " DONE_OK2 " READY CLOSED",
+    },
+    {
+	.name = "pipelined BDAT when CHUNKING is offered",
+	TXNS(&txn1),
+	.quit = true,
+	.in = GREET EHLO_REPLY(X_PIPE X_SIZE X_8BIT X_UTF8 X_ENH X_CHUNK X_DSN "250-STARTTLS\r\n")
+	    MAIL_OK RCPT_OK QUEUED BYE,
+	.out = C_EHLO C_MAIL C_RCPT1 C_BDAT C_QUIT,
+	.events = "READY " DONE_OK1 " READY CLOSED",
+	.hook = caps_full_hook,
+    },
+    {
+	.name = "BDAT one command at a time",
+	TXNS(&txn1),
+	.quit = true,
+	.in = GREET EHLO_REPLY(X_SIZE X_ENH X_CHUNK) MAIL_OK RCPT_OK QUEUED BYE,
+	.out = C_EHLO C_MAIL C_RCPT1 C_BDAT C_QUIT,
+	.events = "READY " DONE_OK1 " READY CLOSED",
+    },
+    {
+	.name = "CHUNKING offered but disabled: DATA",
+	.no_chunking = true,
+	TXNS(&txn1),
+	.in = GREET EHLO_REPLY(X_PIPE X_SIZE X_ENH X_CHUNK) MAIL_OK RCPT_OK GO QUEUED,
+	.out = C_EHLO C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
+	.events = "READY " DONE_OK1 " READY",
+    },
+    {
+	.name = "PIPELINING offered but disabled",
+	.no_pipelining = true,
+	TXNS(&txn1),
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK GO QUEUED,
+	.out = C_EHLO C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
+	.events = "READY " DONE_OK1 " READY",
+    },
+    {
+	.name = "empty message, leading dot, bare LF and final CR",
+	TXNS(&txn_empty, &txn_lead_dot),
+	.in = GREET EHLO_REPLY(X_PIPE) MAIL_OK RCPT_OK GO "250 ok\r\n" MAIL_OK RCPT_OK GO
+							  "250 ok\r\n",
+	.out = C_EHLO "MAIL FROM:<a@b.test>\r\n" C_RCPT1 C_DATA ".\r\n"
+		      "MAIL FROM:<a@b.test>\r\n" C_RCPT1 C_DATA
+		      "..start\n..bare lf\r\nends with cr\r\n.\r\n",
+	.events = "READY DONE(250 ok; data 250 ok) READY DONE(250 ok; data 250 ok) READY",
+    },
+    {
+	.name = "multi-line replies, enhanced codes stripped from every line",
+	TXNS(&txn3),
+	.in = "220-mx.test ESMTP\r\n220-second line\r\n220 third\r\n" EHLO_PIPE
+	      "250-2.1.0 Sender\r\n250 2.1.0 OK\r\n"
+	      "250 2.1.5 OK\r\n"
+	      "550-5.1.1 No such\r\n550-5.1.1 user here\r\n550 5.1.1 really\r\n"
+	      "452-4.2.2 Mailbox\r\n452-keep this\r\n452 4.2.2 full\r\n" GO
+	      "250-2.0.0 Queued\r\n250-\r\n250 2.0.0 as 99\r\n",
+	.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_RCPT3 C_DATA MSG_STUFFED,
+	.events = "READY DONE(250 2.0.0 Queued//as 99 | 550 5.1.1 No such/user here/really | "
+		  "452 4.2.2 Mailbox/keep this/full; data 250 2.0.0 Queued//as 99) READY",
+    },
+    {
+	.name = "no ENHANCEDSTATUSCODES: codes stay in the text; lenient line ends",
+	TXNS(&txn2),
+	.in = GREET "250-mx.test\n250 PIPELINING\n250\n250 2.1.5 OK\r\n"
+		    "550 5.1.1 unknown\x01user\r\n" GO "250 2.0.0 done\r\n",
+	.out = C_EHLO "MAIL FROM:<a@b.test>\r\n" C_RCPT1 C_RCPT2 C_DATA MSG_STUFFED,
+	.events = "READY DONE(250 2.0.0 done | 550 5.1.1 unknown user; data 250 2.0.0 done)"
+		  " READY",
+    },
+    {
+	.name = "per-recipient 4xx/5xx mixed with success",
+	TXNS(&txn3),
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK "450 4.2.0 Greylisted\r\n"
+					      "550 5.1.1 Unknown user\r\n" GO QUEUED,
+	.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_RCPT3 C_DATA MSG_STUFFED,
+	.events = "READY DONE(250 2.0.0 Queued as 1234 | 450 4.2.0 Greylisted | "
+		  "550 5.1.1 Unknown user; data 250 2.0.0 Queued as 1234) READY",
+	.hook = commands_hook,
+    },
+    {
+	.name = "all refused, pipelined DATA refused: no data, RSET before the next",
+	TXNS(&txn2, &txn1),
+	.in = GREET EHLO_PIPE MAIL_OK "550 5.1.1 No\r\n"
+				      "451 4.3.0 Later\r\n"
+				      "554 5.5.1 No valid recipients\r\n"
+				      "250 2.0.0 Reset\r\n" MAIL_OK RCPT_OK GO QUEUED,
+	.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_DATA C_RSET C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
+	.events = "READY DONE(550 5.1.1 No | 451 4.3.0 Later; data -) READY " DONE_OK1 " READY",
+    },
+    {
+	.name = "all refused, DATA got 354: a lone dot (RFC 2920 3.1), no RSET after",
+	TXNS(&txn1, &txn1),
+	.in = GREET EHLO_PIPE MAIL_OK "550 5.1.1 No\r\n" GO
+				      "554 5.5.1 No valid recipients\r\n" MAIL_OK RCPT_OK GO QUEUED,
+	.out = C_EHLO C_MAIL C_RCPT1 C_DATA ".\r\n" C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
+	.events = "READY DONE(550 5.1.1 No; data -) READY " DONE_OK1 " READY",
+    },
+    {
+	.name = "all refused without PIPELINING: DATA never sent, RSET before the next",
+	TXNS(&txn2, &txn1),
+	.quit = true,
+	.in = GREET EHLO_PLAIN MAIL_OK "550 5.1.1 No\r\n"
+				       "550 5.1.1 Nope\r\n"
+				       "250 2.0.0 OK\r\n" MAIL_OK "550 5.1.1 No\r\n" BYE,
+	.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_RSET C_MAIL C_RCPT1 C_QUIT,
+	.events = "READY DONE(550 5.1.1 No | 550 5.1.1 Nope; data -) READY "
+		  "DONE(550 5.1.1 No; data -) READY CLOSED",
+    },
+    {
+	.name = "MAIL refused, pipelined: recipients get the MAIL reply, no RSET",
+	TXNS(&txn2, &txn1),
+	.in = GREET EHLO_PIPE "553 5.1.8 Bad sender\r\n"
+			      "503 5.5.1 No MAIL\r\n"
+			      "503 5.5.1 No MAIL\r\n"
+			      "503 5.5.1 No MAIL\r\n" MAIL_OK RCPT_OK GO QUEUED,
+	.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_DATA C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
+	.events = "READY DONE(553 5.1.8 Bad sender | 553 5.1.8 Bad sender; data -) READY " DONE_OK1
+		  " READY",
+    },
+    {
+	.name = "MAIL refused, one at a time: nothing more sent",
+	TXNS(&txn2),
+	.quit = true,
+	.in = GREET EHLO_PLAIN "451 4.3.0 Try later\r\n" BYE,
+	.out = C_EHLO C_MAIL C_QUIT,
+	.events = "READY DONE(451 4.3.0 Try later | 451 4.3.0 Try later; data -) READY "
+		  "CLOSED",
+    },
+    {
+	.name = "end of data refused 552",
+	TXNS(&txn2, &txn1),
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK RCPT_OK GO
+	"552 5.3.4 Message too big\r\n" MAIL_OK RCPT_OK GO QUEUED,
+	.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_DATA MSG_STUFFED C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
+	.events = "READY DONE(552 5.3.4 Message too big | 552 5.3.4 Message too big; "
+		  "data 552 5.3.4 Message too big) READY " DONE_OK1 " READY",
+    },
+    {
+	.name = "DATA command refused: RSET before the next",
+	TXNS(&txn1, &txn1),
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK "451 4.3.0 Not now\r\n"
+					      "250 2.0.0 OK\r\n" MAIL_OK RCPT_OK GO QUEUED,
+	.out = C_EHLO C_MAIL C_RCPT1 C_DATA C_RSET C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
+	.events = "READY DONE(451 4.3.0 Not now; data 451 4.3.0 Not now) READY " DONE_OK1 " READY",
+    },
+    {
+	.name = "BDAT LAST refused: RSET before the next",
+	TXNS(&txn1, &txn1),
+	.in = GREET EHLO_REPLY(X_PIPE X_SIZE X_ENH X_CHUNK) MAIL_OK RCPT_OK
+	"554 5.7.1 Spam\r\n"
+	"250 2.0.0 OK\r\n" MAIL_OK RCPT_OK QUEUED,
+	.out = C_EHLO C_MAIL C_RCPT1 C_BDAT C_RSET C_MAIL C_RCPT1 C_BDAT,
+	.events = "READY DONE(554 5.7.1 Spam; data 554 5.7.1 Spam) READY " DONE_OK1 " READY",
+    },
+    {
+	.name = "RSET refused ends the session",
+	TXNS(&txn1, &txn1),
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK "451 4.3.0 Not now\r\n"
+					      "500 5.5.1 What\r\n" MAIL_OK RCPT_OK GO,
+	.out = C_EHLO C_MAIL C_RCPT1 C_DATA C_RSET C_MAIL C_RCPT1 C_DATA,
+	.events = "READY DONE(451 4.3.0 Not now; data 451 4.3.0 Not now) READY "
+		  "DONE(451 4.5.0 protocol error: RSET refused (local); data 451 4.5.0 "
+		  "protocol error: RSET refused (local)) FAILED(500 5.5.1 What)",
+    },
+    {
+	.name = "421 mid-session: pending recipients get it, refusals stay",
+	TXNS(&txn3),
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK "550 5.1.1 No\r\n"
+					      "421 4.3.2 Shutting down\r\n",
+	.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_RCPT3 C_DATA,
+	.events = "READY DONE(421 4.3.2 Shutting down | 550 5.1.1 No | 421 4.3.2 Shutting "
+		  "down; data 421 4.3.2 Shutting down) FAILED(421 4.3.2 Shutting down)",
+    },
+    {
+	.name = "421 instead of the end of data reply",
+	TXNS(&txn1),
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK GO "421 4.4.2 Timeout\r\n",
+	.out = C_EHLO C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
+	.events = "READY DONE(421 4.4.2 Timeout; data 421 4.4.2 Timeout) "
+		  "FAILED(421 4.4.2 Timeout)",
+	.hook = fail_cmd_hook,
+    },
+    {
+	.name = "421 while idle, then the peer closes",
+	TXNS(&txn1),
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK GO QUEUED "421 4.4.2 Idle timeout\r\n",
+	.eof = true,
+	.out = C_EHLO C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
+	.events = "READY " DONE_OK1 " READY FAILED(421 4.4.2 Idle timeout)",
+    },
+    {
+	.name = "EHLO refused: HELO, no extensions",
+	TXNS(&txn_dsn),
+	.quit = true,
+	.in = GREET "502 5.5.2 Command not recognized\r\n"
+		    "250 mx.test\r\n" MAIL_OK RCPT_OK RCPT_OK GO QUEUED BYE,
+	.out = C_EHLO C_HELO "MAIL FROM:<>\r\n" C_RCPT1 C_RCPT2 C_DATA "x\r\n.\r\n" C_QUIT,
+	.events = "READY DONE(250 2.0.0 Queued as 1234 | 250 2.0.0 Queued as 1234; "
+		  "data 250 2.0.0 Queued as 1234) READY CLOSED",
+	.hook = helo_hook,
+    },
+    {
+	.name = "EHLO and HELO refused",
+	.in = GREET "500 no\r\n"
+		    "550 go away\r\n",
+	.out = C_EHLO C_HELO C_QUIT,
+	.events = "FAILED(550 go away)",
+    },
+    {
+	.name = "EHLO answered 421",
+	.in = GREET "421 mx.test closing\r\n",
+	.out = C_EHLO,
+	.events = "FAILED(421 mx.test closing)",
+    },
+    {
+	.name = "EHLO answered 4xx: QUIT",
+	.in = GREET "451 busy\r\n",
+	.out = C_EHLO C_QUIT,
+	.events = "FAILED(451 busy)",
+    },
+    {
+	.name = "greeting 554: QUIT (RFC 5321 3.1)",
+	.in = "554-mx.test no service\r\n554 go away\r\n",
+	.out = C_QUIT,
+	.events = "FAILED(554 mx.test no service/go away)",
+    },
+    {
+	.name = "greeting 421: no QUIT",
+	.in = "421 mx.test busy\r\n",
+	.out = "",
+	.events = "FAILED(421 mx.test busy)",
+    },
+    {
+	.name = "SIZE over the peer's limit fails locally, then a message fits",
+	TXNS(&txn_big, &txn1),
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK GO QUEUED,
+	.out = C_EHLO C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
+	.events = "READY DONE(552 5.3.4 message size 10001 exceeds the peer's limit of "
+		  "10000 (local) | 552 5.3.4 message size 10001 exceeds the peer's limit "
+		  "of 10000 (local); data 552 5.3.4 message size 10001 exceeds the "
+		  "peer's limit of 10000 (local)) READY " DONE_OK1 " READY",
+	.hook = size_hook,
+    },
+    {
+	.name = "SMTPUTF8 needed but not offered",
+	TXNS(&txn_utf8),
+	.in = GREET EHLO_PIPE,
+	.out = C_EHLO,
+	.events = "READY DONE(553 5.6.7 the peer does not support SMTPUTF8 (local); data "
+		  "553 5.6.7 the peer does not support SMTPUTF8 (local)) READY",
+    },
+    {
+	.name = "SMTPUTF8 offered: parameter sent",
+	TXNS(&txn_utf8),
+	.in = GREET EHLO_REPLY(X_PIPE X_UTF8) MAIL_OK RCPT_OK GO "250 ok\r\n",
+	.out = C_EHLO "MAIL FROM:<a@b.test> SMTPUTF8\r\nRCPT TO:<j\xc3\xbcrgen@d.test>\r\n" C_DATA
+		      "x\r\n.\r\n",
+	.events = "READY DONE(250 ok; data 250 ok) READY",
+    },
+    {
+	.name = "DSN parameters when DSN is offered",
+	TXNS(&txn_dsn),
+	.in = GREET EHLO_REPLY(X_PIPE X_DSN) MAIL_OK RCPT_OK RCPT_OK GO "250 ok\r\n",
+	.out = C_EHLO "MAIL FROM:<> RET=HDRS ENVID=QQ+2Bid\r\n"
+		      "RCPT TO:<c@d.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c+40d.test\r\n"
+		      "RCPT TO:<e@d.test> NOTIFY=NEVER\r\n" C_DATA "x\r\n.\r\n",
+	.events = "READY DONE(250 ok | 250 ok; data 250 ok) READY",
+    },
+    {
+	.name = "no DSN parameters without DSN",
+	TXNS(&txn_dsn),
+	.in = GREET EHLO_REPLY(X_PIPE) MAIL_OK RCPT_OK RCPT_OK GO "250 ok\r\n",
+	.out = C_EHLO "MAIL FROM:<>\r\n" C_RCPT1 C_RCPT2 C_DATA "x\r\n.\r\n",
+	.events = "READY DONE(250 ok | 250 ok; data 250 ok) READY",
+    },
+    {
+	.name = "8-bit body: BODY=8BITMIME only when offered",
+	TXNS(&txn_8bit, &txn_8bit),
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK GO "250 ok\r\n" MAIL_OK RCPT_OK GO "250 ok\r\n",
+	.out = C_EHLO
+	"MAIL FROM:<a@b.test> SIZE=7 BODY=8BITMIME\r\n" C_RCPT1 C_DATA "caf\xc3\xa9\r\n.\r\n"
+	"MAIL FROM:<a@b.test> SIZE=7 BODY=8BITMIME\r\n" C_RCPT1 C_DATA "caf\xc3\xa9\r\n.\r\n",
+	.events = "READY DONE(250 ok; data 250 ok) READY DONE(250 ok; data 250 ok) READY",
+    },
+    {
+	.name = "8-bit body sent anyway without 8BITMIME",
+	TXNS(&txn_8bit),
+	.in = GREET EHLO_REPLY(X_PIPE) MAIL_OK RCPT_OK GO "250 ok\r\n",
+	.out = C_EHLO "MAIL FROM:<a@b.test>\r\n" C_RCPT1 C_DATA "caf\xc3\xa9\r\n.\r\n",
+	.events = "READY DONE(250 ok; data 250 ok) READY",
+    },
+    {
+	.name = "two transactions on one connection, no RSET between",
+	TXNS(&txn1, &txn2),
+	.quit = true,
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK GO QUEUED MAIL_OK RCPT_OK RCPT_OK GO QUEUED BYE,
+	.out = C_EHLO C_MAIL C_RCPT1 C_DATA MSG_STUFFED C_MAIL C_RCPT1 C_RCPT2 C_DATA MSG_STUFFED
+	    C_QUIT,
+	.events = "READY " DONE_OK1 " READY " DONE_OK2 " READY CLOSED",
+    },
+    {
+	.name = "EOF mid-DATA",
+	TXNS(&txn2),
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK "550 5.1.1 No\r\n" GO "250 2.0",
+	.eof = true,
+	.out = C_EHLO C_MAIL C_RCPT1 C_RCPT2 C_DATA MSG_STUFFED,
+	.events = "READY DONE(451 4.4.2 connection closed (local) | 550 5.1.1 No; data 451 "
+		  "4.4.2 connection closed (local)) FAILED(451 4.4.2 connection closed "
+		  "(local))",
+	.hook = fail_cmd_hook,
+    },
+    {
+	.name = "EOF before the greeting",
+	.in = "220 mx",
+	.eof = true,
+	.out = "",
+	.events = "FAILED(451 4.4.2 connection closed (local))",
+    },
+    {
+	.name = "EOF after QUIT instead of 221",
+	.quit = true,
+	.in = GREET EHLO_PIPE,
+	.eof = true,
+	.out = C_EHLO C_QUIT,
+	.events = "READY CLOSED",
+    },
+    {
+	.name = "malformed reply",
+	TXNS(&txn1),
+	.in = GREET EHLO_PIPE MAIL_OK "hello\r\n",
+	.out = C_EHLO C_MAIL C_RCPT1 C_DATA,
+	.events = "READY DONE(451 4.5.0 protocol error: malformed reply (local); data 451 "
+		  "4.5.0 protocol error: malformed reply (local)) FAILED(451 4.5.0 "
+		  "protocol error: malformed reply (local))",
+    },
+    {
+	.name = "reply code changing within a multi-line reply",
+	.in = "220-a\r\n250 b\r\n",
+	.out = "",
+	.events = "FAILED(451 4.5.0 protocol error: reply code changed within a "
+		  "multi-line reply (local))",
+    },
+    {
+	.name = "bad separator",
+	.in = "220_x\r\n",
+	.out = "",
+	.events = "FAILED(451 4.5.0 protocol error: malformed reply (local))",
+    },
+    {
+	.name = "1xx code",
+	.in = "120 wait\r\n",
+	.out = "",
+	.events = "FAILED(451 4.5.0 protocol error: malformed reply (local))",
+    },
+    {
+	.name = "code too short",
+	.in = "22\r\n",
+	.out = "",
+	.events = "FAILED(451 4.5.0 protocol error: malformed reply (local))",
+    },
+    {
+	.name = "3xx to MAIL",
+	TXNS(&txn1),
+	.in = GREET EHLO_PIPE "354 what\r\n",
+	.out = C_EHLO C_MAIL C_RCPT1 C_DATA,
+	.events = "READY DONE(451 4.5.0 protocol error: unexpected reply code (local); "
+		  "data 451 4.5.0 protocol error: unexpected reply code (local)) "
+		  "FAILED(451 4.5.0 protocol error: unexpected reply code (local))",
+    },
+    {
+	.name = "3xx to the greeting",
+	.in = "354 what\r\n",
+	.out = "",
+	.events = "FAILED(451 4.5.0 protocol error: unexpected reply to the greeting "
+		  "(local))",
+    },
+    {
+	.name = "3xx to EHLO",
+	.in = GREET "354 what\r\n",
+	.out = C_EHLO,
+	.events = "FAILED(451 4.5.0 protocol error: unexpected reply to EHLO (local))",
+    },
+    {
+	.name = "3xx to HELO",
+	.in = GREET "500 what\r\n354 what\r\n",
+	.out = C_EHLO C_HELO,
+	.events = "FAILED(451 4.5.0 protocol error: unexpected reply to HELO (local))",
+    },
+    {
+	.name = "3xx to RCPT, one at a time",
+	TXNS(&txn1),
+	.in = GREET EHLO_PLAIN MAIL_OK "354 what\r\n",
+	.out = C_EHLO C_MAIL C_RCPT1,
+	.events = "READY DONE(451 4.5.0 protocol error: unexpected reply code (local); "
+		  "data 451 4.5.0 protocol error: unexpected reply code (local)) "
+		  "FAILED(451 4.5.0 protocol error: unexpected reply code (local))",
+    },
+    {
+	.name = "3xx to the end of data",
+	TXNS(&txn1),
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK GO GO,
+	.out = C_EHLO C_MAIL C_RCPT1 C_DATA MSG_STUFFED,
+	.events = "READY DONE(451 4.5.0 protocol error: unexpected reply code (local); "
+		  "data 451 4.5.0 protocol error: unexpected reply code (local)) "
+		  "FAILED(451 4.5.0 protocol error: unexpected reply code (local))",
+	.hook = fail_cmd_hook,
+    },
+    {
+	.name = "3xx to BDAT",
+	TXNS(&txn1),
+	.in = GREET EHLO_REPLY(X_PIPE X_SIZE X_CHUNK) MAIL_OK RCPT_OK GO,
+	.out = C_EHLO C_MAIL C_RCPT1 C_BDAT,
+	.events = "READY DONE(451 4.5.0 protocol error: unexpected reply code (local); "
+		  "data 451 4.5.0 protocol error: unexpected reply code (local)) "
+		  "FAILED(451 4.5.0 protocol error: unexpected reply code (local))",
+    },
+    {
+	.name = "3xx to RSET",
+	TXNS(&txn1, &txn1),
+	.in = GREET EHLO_PLAIN MAIL_OK "550 no\r\n" GO,
+	.out = C_EHLO C_MAIL C_RCPT1 C_RSET,
+	.events = "READY DONE(550 no; data -) READY DONE(451 4.5.0 protocol error: "
+		  "unexpected reply code (local); data 451 4.5.0 protocol error: unexpected "
+		  "reply code (local)) FAILED(451 4.5.0 protocol error: unexpected reply "
+		  "code (local))",
+    },
+    {
+	.name = "a 2xx while idle, then the peer closes",
+	.in = GREET EHLO_PIPE "250 what\r\n",
+	.eof = true,
+	.out = C_EHLO,
+	.events = "READY FAILED(451 4.5.0 protocol error: unsolicited reply (local))",
+    },
+    {
+	.name = "2xx to DATA",
+	TXNS(&txn1),
+	.in = GREET EHLO_PIPE MAIL_OK RCPT_OK "250 what\r\n",
+	.out = C_EHLO C_MAIL C_RCPT1 C_DATA,
+	.events = "READY DONE(451 4.5.0 protocol error: unexpected reply code (local); "
+		  "data 451 4.5.0 protocol error: unexpected reply code (local)) "
+		  "FAILED(451 4.5.0 protocol error: unexpected reply code (local))",
+    },
 };
 
 /* ---- Other tests ---- */
 
 static struct kumo_smtp_client *make(const struct kumo_smtp_client_cfg *cfg, uint64_t now)
 {
-	struct kumo_smtp_client_cfg def = { .ehlo_name = "client.test" };
+	struct kumo_smtp_client_cfg def = {.ehlo_name = "client.test"};
 	struct kumo_smtp_client *c;
 
 	assert_int_equal(kumo_smtp_client_new(cfg ? cfg : &def, now, &c), 0);
@@ -942,15 +1008,16 @@ static void test_pipelined_at_once(void **state)
 
 /* Timeouts: each stage with its own value so the right one is seen to apply. */
 static const struct kumo_smtp_client_cfg timed = {
-	.ehlo_name = "client.test",
-	.timeouts = {
-		.greeting_ms = 1000,
-		.ehlo_ms = 2000,
-		.mail_ms = 3000,
-		.rcpt_ms = 4000,
-		.data_ms = 5000,
-		.data_block_ms = 6000,
-		.data_end_ms = 7000,
+    .ehlo_name = "client.test",
+    .timeouts =
+	{
+	    .greeting_ms = 1000,
+	    .ehlo_ms = 2000,
+	    .mail_ms = 3000,
+	    .rcpt_ms = 4000,
+	    .data_ms = 5000,
+	    .data_block_ms = 6000,
+	    .data_end_ms = 7000,
 	},
 };
 
@@ -1062,10 +1129,11 @@ static void test_timeout_stages(void **state)
 	take_output(c);
 	kumo_smtp_client_tick(c, 8000);
 	assert_int_equal(kumo_smtp_client_deadline(c), 15000);
-	assert_string_equal(expire(c, 15000),
-			    "DONE(451 4.4.2 timeout waiting for end of data response (local); data "
-			    "451 4.4.2 timeout waiting for end of data response (local)) FAILED(451 "
-			    "4.4.2 timeout waiting for end of data response (local))");
+	assert_string_equal(
+	    expire(c, 15000),
+	    "DONE(451 4.4.2 timeout waiting for end of data response (local); data "
+	    "451 4.4.2 timeout waiting for end of data response (local)) FAILED(451 "
+	    "4.4.2 timeout waiting for end of data response (local))");
 	kumo_smtp_client_free(c);
 
 	c = ready(&timed, EHLO_PIPE, 0);
@@ -1166,7 +1234,8 @@ static void test_reply_too_long(void **state)
 		if (i < 64)
 			assert_string_equal(events(c, 0), "");
 	}
-	assert_string_equal(events(c, 0), "FAILED(451 4.5.0 protocol error: reply too long (local))");
+	assert_string_equal(events(c, 0),
+			    "FAILED(451 4.5.0 protocol error: reply too long (local))");
 	kumo_smtp_client_free(c);
 }
 
@@ -1194,6 +1263,48 @@ static void test_input_held_while_idle(void **state)
 			    "DONE(451 4.5.0 protocol error: reply line too long (local); data 451 "
 			    "4.5.0 protocol error: reply line too long (local)) FAILED(451 4.5.0 "
 			    "protocol error: reply line too long (local))");
+	kumo_smtp_client_free(c);
+}
+
+static void test_partial_output(void **state)
+{
+	struct kumo_smtp_client *c = ready(NULL, EHLO_PIPE, 0);
+	const char *all = C_MAIL C_RCPT1 C_DATA MSG_STUFFED;
+	const char *o;
+	size_t n;
+
+	assert_int_equal(kumo_smtp_client_send(c, &txn1), 0);
+	o = kumo_smtp_client_output(c, &n);
+	assert_int_equal(n, strlen(C_MAIL C_RCPT1 C_DATA));
+	assert_memory_equal(o, C_MAIL, 10);
+	kumo_smtp_client_output_consumed(c, 10);
+	/* The data is appended after what is still unwritten. */
+	push_str(c, MAIL_OK RCPT_OK GO);
+	assert_string_equal(events(c, 0), "");
+	assert_string_equal(take_output(c), all + 10);
+	kumo_smtp_client_output_consumed(c, 100);
+	assert_string_equal(take_output(c), "");
+	kumo_smtp_client_free(c);
+}
+
+static void test_input_compaction(void **state)
+{
+	struct kumo_smtp_client *c = make(NULL, 0);
+	size_t space, total = 0;
+	char *p;
+
+	/* The greeting is parsed, the partial line after it stays. */
+	push_str(c, GREET "250-mx");
+	assert_string_equal(events(c, 0), "");
+	while ((p = kumo_smtp_client_input_space(c, &space)) != NULL) {
+		memset(p, 'x', space);
+		kumo_smtp_client_input_commit(c, space);
+		total += space;
+	}
+	/* Space freed by the parsed greeting was reclaimed. */
+	assert_int_equal(total, KUMO_SMTP_CLIENT_INPUT_MAX - 6);
+	assert_string_equal(events(c, 0),
+			    "FAILED(451 4.5.0 protocol error: reply line too long (local))");
 	kumo_smtp_client_free(c);
 }
 
@@ -1247,11 +1358,11 @@ static void test_large_message(void **state)
 
 static void test_api_errors(void **state)
 {
-	struct kumo_smtp_client_cfg cfg = { .ehlo_name = "client.test" };
-	struct kumo_smtp_client_timeouts to = { .rcpt_ms = 1 };
+	struct kumo_smtp_client_cfg cfg = {.ehlo_name = "client.test"};
+	struct kumo_smtp_client_timeouts to = {.rcpt_ms = 1};
 	struct kumo_smtp_client *c;
 	struct kumo_smtp_client_txn t = TXN(1);
-	struct kumo_smtp_client_rcpt bad = { .addr = "a@b.test" };
+	struct kumo_smtp_client_rcpt bad = {.addr = "a@b.test"};
 
 	assert_int_equal(kumo_smtp_client_new(NULL, 0, &c), -EINVAL);
 	assert_int_equal(kumo_smtp_client_new(&cfg, 0, NULL), -EINVAL);
@@ -1347,17 +1458,13 @@ int main(void)
 {
 	size_t nt = sizeof(transcripts) / sizeof(transcripts[0]);
 	const struct CMUnitTest fixed[] = {
-		cmocka_unit_test(test_one_at_a_time),
-		cmocka_unit_test(test_pipelined_at_once),
-		cmocka_unit_test(test_timeout_greeting),
-		cmocka_unit_test(test_timeout_ehlo),
-		cmocka_unit_test(test_timeout_stages),
-		cmocka_unit_test(test_long_lines),
-		cmocka_unit_test(test_reply_too_long),
-		cmocka_unit_test(test_input_held_while_idle),
-		cmocka_unit_test(test_large_message),
-		cmocka_unit_test(test_api_errors),
-		cmocka_unit_test(test_eof_while_idle),
+	    cmocka_unit_test(test_one_at_a_time),    cmocka_unit_test(test_pipelined_at_once),
+	    cmocka_unit_test(test_timeout_greeting), cmocka_unit_test(test_timeout_ehlo),
+	    cmocka_unit_test(test_timeout_stages),   cmocka_unit_test(test_long_lines),
+	    cmocka_unit_test(test_reply_too_long),   cmocka_unit_test(test_input_held_while_idle),
+	    cmocka_unit_test(test_partial_output),   cmocka_unit_test(test_input_compaction),
+	    cmocka_unit_test(test_large_message),    cmocka_unit_test(test_api_errors),
+	    cmocka_unit_test(test_eof_while_idle),
 	};
 	size_t nf = sizeof(fixed) / sizeof(fixed[0]);
 	struct CMUnitTest *tests = calloc(nt + nf, sizeof(*tests));
