@@ -463,6 +463,15 @@ static void perm_dns_failure(struct kumo_delivery *d, uint32_t m, const struct k
 	fail_offline(d, m, &o);
 }
 
+/* Domain names equal but for case and a trailing dot. */
+static bool same_domain(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	la -= la && a[la - 1] == '.';
+	lb -= lb && b[lb - 1] == '.';
+	return la == lb && strncasecmp(a, b, la) == 0;
+}
+
 static void mx_resolved(const struct kumo_mx_result *r, void *arg)
 {
 	struct kumo_loop *l = arg;
@@ -471,7 +480,7 @@ static void mx_resolved(const struct kumo_mx_result *r, void *arg)
 	/* every queue of this domain (several tenants/campaigns) was parked on it */
 	for (uint32_t i = 0; i < l->queues.nqueues; i++) {
 		struct kumo_queue *q = &l->queues.queues[i];
-		if (!q->resolving || strcasecmp(q->domain, r->domain) != 0)
+		if (!q->resolving || !same_domain(q->domain, r->domain))
 			continue;
 		q->resolving = false;
 		uint32_t site = KUMO_NONE;
@@ -521,7 +530,15 @@ static void make_due(struct kumo_delivery *d, uint32_t m)
 	q->resolving = true;
 	char domain[256];
 	snprintf(domain, sizeof(domain), "%s", q->domain);
-	kumo_dns_resolve_mx(d->dns, domain, l->now_ms, mx_resolved, l);
+	int err = kumo_dns_resolve_mx(d->dns, domain, l->now_ms, mx_resolved, l);
+	if (err < 0) {
+		/* no lookup started: answer the parked messages as DNS would have */
+		struct kumo_mx_result r = {
+			.domain = domain,
+			.status = err == -EINVAL ? KUMO_DNS_PERM_NXDOMAIN : KUMO_DNS_TEMP,
+			.error = err == -EINVAL ? "Invalid recipient domain" : "Out of memory"};
+		mx_resolved(&r, l);
+	}
 }
 
 /* ---- outbound connections -------------------------------------------------------- */

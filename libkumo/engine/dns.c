@@ -24,7 +24,7 @@
 #define DEFAULT_MAX_TTL 86400
 #define MAX_MX_HOSTS 32 /* lowest preferences kept */
 #define MAX_ADDRS 32	/* per host and family */
-#define EDNS_SIZE 1232	/* RFC 9715-ish: avoids fragmentation, rarely needs TCP */
+#define EDNS_SIZE 1232	/* DNS Flag Day 2020: no IP fragmentation, rarely TCP */
 #define NAME_MAX_LEN 253
 
 /* user_data below the tag: {gen:24 at bit 32, slot:32}. SLOT_NONE marks our own
@@ -755,6 +755,9 @@ static void dom_finish(struct kumo_dns *dns, struct dom *d)
 			return;
 	}
 	struct result *res = build(d);
+	/* for the out-of-memory result: d may be evicted by a callback of the batch */
+	char name[NAME_MAX_LEN + 1];
+	snprintf(name, sizeof(name), "%s", d->e.name);
 	if (d->hosts) {
 		for (size_t i = 0; i < d->nmx; i++)
 			if (d->hosts[i])
@@ -778,7 +781,7 @@ static void dom_finish(struct kumo_dns *dns, struct dom *d)
 			shuffle(dns, &res->r);
 			w->fn(&res->r, w->arg);
 		} else {
-			struct kumo_mx_result oom = {.domain = "",
+			struct kumo_mx_result oom = {.domain = name,
 						     .status = KUMO_DNS_TEMP,
 						     .error = "out of memory while resolving"};
 			w->fn(&oom, w->arg);
@@ -1226,20 +1229,20 @@ int kumo_dns_new(const struct kumo_dns_cfg *cfg, struct io_uring *ring, uint64_t
 
 	char lookups[] = "b";
 	struct ares_options o = {
-		.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES | ARES_FLAG_EDNS,
-		.timeout = (int)(cfg->timeout_ms ? cfg->timeout_ms : DEFAULT_TIMEOUT_MS),
-		.tries = (int)(cfg->tries ? cfg->tries : DEFAULT_TRIES),
-		.ndots = 1,
-		.domains = NULL,
-		.ndomains = 0,
-		.lookups = lookups,
-		.sock_state_cb = sock_state,
-		.sock_state_cb_data = dns,
-		.ednspsz = EDNS_SIZE,
+	    .flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES | ARES_FLAG_EDNS,
+	    .timeout = (int)(cfg->timeout_ms ? cfg->timeout_ms : DEFAULT_TIMEOUT_MS),
+	    .tries = (int)(cfg->tries ? cfg->tries : DEFAULT_TRIES),
+	    .ndots = 1,
+	    .domains = NULL,
+	    .ndomains = 0,
+	    .lookups = lookups,
+	    .sock_state_cb = sock_state,
+	    .sock_state_cb_data = dns,
+	    .ednspsz = EDNS_SIZE,
 	};
 	int mask = ARES_OPT_FLAGS | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_NDOTS |
-		   ARES_OPT_DOMAINS | ARES_OPT_LOOKUPS | ARES_OPT_SOCK_STATE_CB |
-		   ARES_OPT_EDNSPSZ | ARES_OPT_NOROTATE;
+		   ARES_OPT_DOMAINS | ARES_OPT_LOOKUPS | ARES_OPT_SOCK_STATE_CB | ARES_OPT_EDNSPSZ |
+		   ARES_OPT_NOROTATE;
 	if (cfg->servers) {
 		/* no servers for now (and no resolv.conf read): set from the string below */
 		o.servers = NULL;

@@ -16,9 +16,9 @@ struct kumo_dns_cfg {
 	 * "127.0.0.1:5353,[::1]:53". NULL: the nameservers of /etc/resolv.conf, read once
 	 * by kumo_dns_new (a blocking file read: call it before the loop runs). */
 	const char *servers;
-	uint32_t timeout_ms; /* first try of a query; later rounds double it. 0: 2000 */
-	unsigned tries;	     /* rounds over the server list before a query fails. 0: 3 */
-	size_t cache_max;    /* cached names (domains and MX hosts together). 0: 10000 */
+	uint32_t timeout_ms;	 /* first try of a query; later rounds double it. 0: 2000 */
+	unsigned tries;		 /* rounds over the server list before a query fails. 0: 3 */
+	size_t cache_max;	 /* cached names (domains and MX hosts together). 0: 10000 */
 	uint32_t negative_ttl_s; /* NXDOMAIN / no data without an SOA to say. 0: 300 */
 	uint32_t temp_ttl_s;	 /* SERVFAIL, timeouts, refusals... 0: 30 */
 	uint32_t max_ttl_s;	 /* cap on any TTL. 0: 86400 */

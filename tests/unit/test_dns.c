@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -43,7 +44,8 @@ struct counter {
 };
 
 static struct {
-	pid_t dnsmasq;
+	pid_t dnsmasq; /* its watchdog */
+	int dm_pipe;   /* closing it stops dnsmasq */
 	int dm_port;
 	char pidfile[64];
 	pid_t responder;
@@ -67,7 +69,8 @@ static int free_port(int from)
 		bool ok = true;
 		for (int t = 0; t < 2 && ok; t++) {
 			int fd = socket(AF_INET, t ? SOCK_STREAM : SOCK_DGRAM, 0);
-			struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
+			struct sockaddr_in sa = {.sin_family = AF_INET,
+						 .sin_port = htons((uint16_t)p)};
 			sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 			ok = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
 			close(fd);
@@ -155,26 +158,63 @@ static int start_dnsmasq(void)
 	for (size_t i = 0; i < sizeof(dnsmasq_records) / sizeof(dnsmasq_records[0]); i++)
 		argv[n++] = dnsmasq_records[i];
 	argv[n] = NULL;
+	/* dnsmasq runs under a watchdog that stops it once this process closes the pipe or
+	 * ends, however it ends (dnsmasq drops privileges, which clears a parent-death
+	 * signal). The watchdog exits with dnsmasq's status (127: dnsmasq not found). */
+	int pfd[2];
+	if (pipe2(pfd, O_CLOEXEC) < 0)
+		return -errno;
 	pid_t pid = fork();
 	if (pid < 0)
 		return -errno;
 	if (pid == 0) {
-		int null = open("/dev/null", O_RDWR);
-		dup2(null, 1);
-		dup2(null, 2);
-		execvp("dnsmasq", (char *const *)argv);
-		execv("/usr/sbin/dnsmasq", (char *const *)argv);
-		_exit(127);
+		close(pfd[1]);
+		if (W.dm_pipe >= 0)
+			close(W.dm_pipe);
+		pid_t d = fork();
+		if (d == 0) {
+			int null = open("/dev/null", O_RDWR);
+			dup2(null, 1);
+			dup2(null, 2);
+			execvp("dnsmasq", (char *const *)argv);
+			execv("/usr/sbin/dnsmasq", (char *const *)argv);
+			_exit(127);
+		}
+		for (;;) {
+			int st;
+			if (d < 0 || waitpid(d, &st, WNOHANG) == d)
+				_exit(d > 0 && WIFEXITED(st) ? WEXITSTATUS(st) : 1);
+			struct pollfd p = {.fd = pfd[0], .events = POLLIN};
+			if (poll(&p, 1, 100) > 0) {
+				kill(d, SIGTERM);
+				waitpid(d, NULL, 0);
+				_exit(0);
+			}
+		}
 	}
+	close(pfd[0]);
+	W.dm_pipe = pfd[1];
 	W.dnsmasq = pid;
 	for (int i = 0; i < 50; i++) {
 		int st;
 		if (waitpid(pid, &st, WNOHANG) == pid) {
+			/* not installed, or the port was taken in the meantime */
 			W.dnsmasq = 0;
-			return -ENOENT;
+			close(W.dm_pipe);
+			W.dm_pipe = -1;
+			return WIFEXITED(st) && WEXITSTATUS(st) == 127 ? -ENOENT : -EADDRINUSE;
 		}
-		if (probe(W.dm_port, "multi.test", T_MX))
+		if (probe(W.dm_port, "multi.test", T_MX)) {
+			/* the answer may have come from someone else's server on that port */
+			usleep(50000);
+			if (waitpid(pid, &st, WNOHANG) == pid) {
+				W.dnsmasq = 0;
+				close(W.dm_pipe);
+				W.dm_pipe = -1;
+				return -EADDRINUSE;
+			}
 			return 0;
+		}
 		usleep(100000);
 	}
 	return -ETIMEDOUT;
@@ -183,7 +223,8 @@ static int start_dnsmasq(void)
 static void stop_dnsmasq(void)
 {
 	if (W.dnsmasq > 0) {
-		kill(W.dnsmasq, SIGTERM);
+		close(W.dm_pipe); /* the watchdog stops dnsmasq and exits */
+		W.dm_pipe = -1;
 		waitpid(W.dnsmasq, NULL, 0);
 		W.dnsmasq = 0;
 	}
@@ -215,7 +256,7 @@ static const struct rrec zone[] = {
     {"big.test", T_MX, 4000000, 10, "mx.big.test"},
     {"mx.big.test", T_A, 4000000, 0, "127.0.0.41"},
     {"mx.big.test", T_AAAA, 4000000, 0, "::41"},
-    {"cname.test", T_MX, 300, 5, "mx.coal.test"},
+    {"tc.test", T_MX, 300, 10, "mx.coal.test"},
 };
 
 static unsigned count_of(const char *name, uint16_t type)
@@ -258,7 +299,8 @@ static void count_query(const char *name, uint16_t type)
 
 static size_t put_rr_head(unsigned char *p, uint16_t type, uint32_t ttl, uint16_t rdlen)
 {
-	unsigned char h[12] = {0xc0, 12, type >> 8, type & 0xff, 0, 1, ttl >> 24, ttl >> 16,
+	unsigned char h[12] = {0xc0,	 12,	     type >> 8,	 type & 0xff,
+			       0,	 1,	     ttl >> 24,	 ttl >> 16,
 			       ttl >> 8, ttl & 0xff, rdlen >> 8, rdlen & 0xff};
 	memcpy(p, h, 12);
 	return 12;
@@ -281,8 +323,9 @@ static size_t put_soa(unsigned char *p, uint32_t minimum)
 	return o + n;
 }
 
-/* Builds the reply to query q (n bytes) into r; returns its length, 0 for none. */
-static size_t respond(const unsigned char *q, size_t n, unsigned char *r)
+/* Builds the reply to query q (n bytes) into r; returns its length, 0 for none.
+ * tc.test is truncated over UDP, so that the client retries over TCP. */
+static size_t respond(const unsigned char *q, size_t n, unsigned char *r, bool tcp)
 {
 	char name[256];
 	size_t o = 12, l = 0;
@@ -318,6 +361,10 @@ static size_t respond(const unsigned char *q, size_t n, unsigned char *r)
 	}
 	if (strcmp(name, "refused.test") == 0) {
 		r[3] |= 5;
+		return qend;
+	}
+	if (strcmp(name, "tc.test") == 0 && !tcp) {
+		r[2] |= 2;
 		return qend;
 	}
 	size_t out = qend;
@@ -357,52 +404,103 @@ static size_t respond(const unsigned char *q, size_t n, unsigned char *r)
 	return out;
 }
 
-/* The responder: a child process answering on fd until killed. */
-static void responder(int fd)
+static bool read_full(int fd, unsigned char *p, size_t n)
+{
+	while (n) {
+		ssize_t r = read(fd, p, n);
+		if (r <= 0)
+			return false;
+		p += r;
+		n -= (size_t)r;
+	}
+	return true;
+}
+
+/* The responder: a child process answering on UDP and TCP (one query per connection)
+ * until killed. */
+static void responder(int ufd, int tfd)
 {
 	unsigned char q[1500], r[1500];
 	for (;;) {
-		struct sockaddr_storage from;
-		socklen_t fl = sizeof(from);
-		ssize_t n = recvfrom(fd, q, sizeof(q), 0, (struct sockaddr *)&from, &fl);
-		if (n <= 0)
+		struct pollfd p[2] = {{.fd = ufd, .events = POLLIN}, {.fd = tfd, .events = POLLIN}};
+		if (poll(p, 2, -1) <= 0)
 			continue;
-		size_t rl = respond(q, (size_t)n, r);
-		if (rl)
-			sendto(fd, r, rl, 0, (struct sockaddr *)&from, fl);
+		if (p[0].revents) {
+			struct sockaddr_storage from;
+			socklen_t fl = sizeof(from);
+			ssize_t n = recvfrom(ufd, q, sizeof(q), 0, (struct sockaddr *)&from, &fl);
+			size_t rl = n > 0 ? respond(q, (size_t)n, r, false) : 0;
+			if (rl)
+				sendto(ufd, r, rl, 0, (struct sockaddr *)&from, fl);
+		}
+		if (p[1].revents) {
+			int c = accept(tfd, NULL, NULL);
+			if (c < 0)
+				continue;
+			struct timeval tv = {.tv_sec = 1};
+			setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+			unsigned char len[2];
+			if (read_full(c, len, 2) &&
+			    read_full(c, q, (size_t)(len[0] << 8 | len[1]))) {
+				size_t rl = respond(q, (size_t)(len[0] << 8 | len[1]), r + 2, true);
+				r[0] = (unsigned char)(rl >> 8);
+				r[1] = (unsigned char)rl;
+				if (rl && write(c, r, rl + 2) < 0)
+					rl = 0;
+			}
+			close(c);
+		}
 	}
 }
 
 static int group_setup(void **state)
 {
+	W.dm_pipe = -1;
 	W.counts = mmap(NULL, NCOUNTERS * sizeof(*W.counts), PROT_READ | PROT_WRITE,
 			MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (W.counts == MAP_FAILED)
 		return -1;
-	W.dm_port = free_port(15353 + (int)(getpid() % 1000));
-	if (W.dm_port < 0)
-		return -1;
-	int rc = start_dnsmasq();
+	int rc = -EADDRINUSE;
+	for (int i = 0; i < 20 && rc == -EADDRINUSE; i++) {
+		W.dm_port = free_port(15353 + (int)((getpid() + 37 * i) % 1000));
+		if (W.dm_port < 0)
+			return -1;
+		rc = start_dnsmasq();
+	}
 	if (rc == -ENOENT) {
 		fprintf(stderr, "dnsmasq not found (package dnsmasq-base): skipping\n");
 		exit(77);
 	}
 	if (rc < 0)
 		return -1;
-	int fd = socket(AF_INET, SOCK_DGRAM, 0);
-	struct sockaddr_in sa = {.sin_family = AF_INET};
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	socklen_t sl = sizeof(sa);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-	    getsockname(fd, (struct sockaddr *)&sa, &sl) < 0)
+	int ufd = -1, tfd = -1;
+	for (int i = 0; i < 20; i++) {
+		W.resp_port = free_port(W.dm_port + 1 + 53 * i);
+		ufd = socket(AF_INET, SOCK_DGRAM, 0);
+		tfd = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in sa = {.sin_family = AF_INET,
+					 .sin_port = htons((uint16_t)W.resp_port)};
+		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		setsockopt(tfd, SOL_SOCKET, SO_REUSEADDR, &(int){1}, sizeof(int));
+		if (W.resp_port > 0 && bind(ufd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+		    bind(tfd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(tfd, 16) == 0)
+			break;
+		close(ufd);
+		close(tfd);
+		ufd = tfd = -1;
+	}
+	if (ufd < 0)
 		return -1;
-	W.resp_port = ntohs(sa.sin_port);
 	W.responder = fork();
 	if (W.responder < 0)
 		return -1;
-	if (W.responder == 0)
-		responder(fd);
-	close(fd);
+	if (W.responder == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(W.dm_pipe);
+		responder(ufd, tfd);
+	}
+	close(ufd);
+	close(tfd);
 	return 0;
 }
 
@@ -760,7 +858,12 @@ static void test_cache_survives_server_stop(void **state)
 	assert_false(resolve(&h, "multi.test", &g));
 	assert_int_equal(g.status, KUMO_DNS_TEMP);
 	assert_non_null(strstr(g.error, "multi.test: MX lookup failed: "));
-	assert_int_equal(start_dnsmasq(), 0);
+	int rc = start_dnsmasq(); /* the same port, for the tests that may follow */
+	for (int i = 0; i < 20 && rc == -EADDRINUSE; i++) {
+		usleep(100000);
+		rc = start_dnsmasq();
+	}
+	assert_int_equal(rc, 0);
 	h_fini(&h);
 }
 
@@ -833,6 +936,27 @@ static void test_connection_refused_temp(void **state)
 	resolve(&h, "multi.test", &g);
 	assert_int_equal(g.status, KUMO_DNS_TEMP);
 	assert_int_equal(g.nhosts, 0);
+	h_fini(&h);
+}
+
+/* A truncated UDP answer: c-ares retries over TCP, whose socket wants write events
+ * while it connects (the poll is replaced by one with POLLOUT, then back). */
+static void test_truncated_answer_over_tcp(void **state)
+{
+	struct harness h;
+	char s[64];
+	struct got g = {0};
+	h_init(&h, resp_servers(s), (struct kumo_dns_cfg){0});
+	unsigned mx0 = count_of("tc.test", T_MX);
+	assert_false(resolve(&h, "tc.test", &g));
+	assert_int_equal(g.status, KUMO_DNS_OK);
+	assert_int_equal(g.nhosts, 1);
+	assert_string_equal(g.hosts[0].name, "mx.coal.test");
+	assert_string_equal(g.hosts[0].addrs[0], "127.0.0.31");
+	assert_int_equal(wait_count("tc.test", T_MX, mx0 + 2), mx0 + 2); /* UDP, then TCP */
+	for (int i = 0; i < 5; i++)
+		pump(&h, 10);
+	assert_int_equal(stats(&h).sockets, 0);
 	h_fini(&h);
 }
 
@@ -988,7 +1112,7 @@ static void test_eviction(void **state)
 	char s[64];
 	struct got g = {0};
 	h_init(&h, resp_servers(s), (struct kumo_dns_cfg){.cache_max = 3});
-	resolve(&h, "coal.test", &g);   /* domain + host */
+	resolve(&h, "coal.test", &g);	/* domain + host */
 	resolve(&h, "share1.test", &g); /* domain + host: 4 entries, over */
 	assert_true(stats(&h).cached <= 3);
 	assert_true(stats(&h).evictions >= 1);
@@ -1013,6 +1137,9 @@ static void test_bad_arguments(void **state)
 	cfg.servers = "";
 	assert_int_equal(kumo_dns_new(&cfg, &ring, TAG, &dns), -EINVAL);
 	assert_int_equal(kumo_dns_new(NULL, &ring, TAG, &dns), -EINVAL);
+	/* no servers given: /etc/resolv.conf's (read, never asked here) */
+	assert_int_equal(kumo_dns_new(&(struct kumo_dns_cfg){0}, &ring, TAG, &dns), 0);
+	kumo_dns_free(dns);
 	cfg.servers = "127.0.0.1:1,[::1]:2,127.0.0.2";
 	assert_int_equal(kumo_dns_new(&cfg, &ring, TAG, &dns), 0);
 
@@ -1057,8 +1184,9 @@ static void test_free_with_lookups_in_flight(void **state)
 
 static size_t msg_header(unsigned char *m, unsigned qd, unsigned an, unsigned ns)
 {
-	unsigned char h[12] = {0, 1, 0x81, 0x80, 0, (unsigned char)qd, 0, (unsigned char)an,
-			       0, (unsigned char)ns, 0, 0};
+	unsigned char h[12] = {
+	    0, 1, 0x81, 0x80, 0, (unsigned char)qd, 0, (unsigned char)an, 0, (unsigned char)ns,
+	    0, 0};
 	memcpy(m, h, 12);
 	return 12;
 }
@@ -1128,6 +1256,7 @@ int main(void)
 	    cmocka_unit_test(test_servfail_refused_temp),
 	    cmocka_unit_test(test_timeout_temp),
 	    cmocka_unit_test(test_connection_refused_temp),
+	    cmocka_unit_test(test_truncated_answer_over_tcp),
 	    cmocka_unit_test(test_ttls),
 	    cmocka_unit_test(test_coalescing),
 	    cmocka_unit_test(test_cancel),
