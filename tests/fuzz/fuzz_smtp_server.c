@@ -1,7 +1,6 @@
-/* libFuzzer target for the SMTP server machine. The first bytes choose the configuration,
- * the embedder's decisions and how input is split; the rest is what the client sends. The
- * same input is fed whole, in random pieces and one byte at a time: outputs and events
- * must be identical, or the target aborts. */
+/* libFuzzer target for the SMTP server machine: leading bytes pick the configuration, the
+ * embedder's decisions and the input splits; the rest is the client's bytes. Fed whole, in
+ * random pieces and byte by byte, outputs and events must match or the target aborts. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -13,6 +12,10 @@
 
 #define HEADER 4
 #define NOW 1000
+
+/* With flag 0x10 the client first opens a transaction, so that short inputs reach
+ * RCPT, DATA and BDAT states. */
+static const char prefix[] = "EHLO fuzz.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n";
 
 struct sbuf {
 	uint8_t *p;
@@ -92,7 +95,9 @@ static void decide(struct run *r)
 		abort();
 }
 
-static void take_output(struct run *r)
+/* Takes all output, or (when all is false) sometimes only part of it, as a partial write
+ * would: the rest stays in the machine while more replies are appended. */
+static void take_output(struct run *r, bool all)
 {
 	for (;;) {
 		size_t n, k;
@@ -100,10 +105,11 @@ static void take_output(struct run *r)
 
 		if (!n)
 			return;
-		/* Consume in pieces sometimes, as a partial write would. */
 		k = (rnd(r) & 3) == 0 && n > 1 ? n / 2 : n;
 		sb_put(&r->out, o, k);
 		kumo_smtp_server_output_consumed(r->s, k);
+		if (!all && k < n)
+			return;
 	}
 }
 
@@ -162,7 +168,7 @@ static bool drain(struct run *r)
 	for (;;) {
 		if (kumo_smtp_server_next(r->s, NOW, &ev) != 0)
 			abort();
-		take_output(r);
+		take_output(r, ev.type == KUMO_SMTP_EV_NONE);
 		if (ev.type == KUMO_SMTP_EV_NONE)
 			break;
 		log_event(r, &ev);
@@ -171,7 +177,7 @@ static bool drain(struct run *r)
 		if (ev.type == KUMO_SMTP_EV_MAIL || ev.type == KUMO_SMTP_EV_RCPT ||
 		    ev.type == KUMO_SMTP_EV_MESSAGE)
 			decide(r);
-		take_output(r);
+		take_output(r, false);
 	}
 	/* Harmless calls between events: a tick before the deadline and a look at it. */
 	kumo_smtp_server_tick(r->s, NOW);
@@ -225,6 +231,8 @@ static void run(struct run *r, const struct kumo_smtp_server_cfg *cfg, uint8_t f
 	else
 		kumo_smtp_server_greet(r->s);
 	drain(r);
+	if (flags & 0x10)
+		feed(r, (const uint8_t *)prefix, sizeof(prefix) - 1);
 	switch (mode) {
 	case WHOLE:
 		feed(r, in, len);
