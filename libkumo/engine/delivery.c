@@ -273,15 +273,17 @@ static void send_dsn(struct kumo_delivery *d, const struct kumo_envelope *env,
 				   .body = (flags & KUMO_DSN_OUT_8BITMIME) ? 2 : 0};
 	kumo_id_next(&l->ids, l->now_ms, &de.id);
 	struct iovec iov = {.iov_base = d->dsn.data, .iov_len = d->dsn.len};
-	struct kumo_put p;
 	char qname[512];
 	kumo_envelope_queue_name(&de, to.addr, qname, sizeof(qname));
-	p.id = de.id;
-	p.queue = kumo_queue_intern(&l->queues, qname);
-	/* queued at once: the record reaches the disk with the batch in progress */
-	if (p.queue != KUMO_NONE &&
-	    kumo_loop_spool_message(l, &de, &iov, 1, NULL, &p.loc) == 0)
-		kumo_delivery_enqueue(l, &p, l->now_ms, 0);
+	/* queued once durable (see the cookie kinds in loop.c) */
+	struct kumo_put *p = aligned_alloc(16, (sizeof(*p) + 15) & ~(size_t)15);
+	if (!p)
+		goto out;
+	p->id = de.id;
+	p->queue = kumo_queue_intern(&l->queues, qname);
+	if (p->queue == KUMO_NONE ||
+	    kumo_loop_spool_message(l, &de, &iov, 1, (void *)((uintptr_t)p | 3), &p->loc) < 0)
+		free(p);
 out:
 	free(r);
 	free(finals);

@@ -256,7 +256,8 @@ int kumo_loop_spool_split(struct kumo_loop *l, const struct kumo_envelope *env,
 
 /* Spool cookies: NULL for records nobody waits for; a connection is {slot, gen} shifted
  * left twice with bit 1 set; an injected message is its (16-byte aligned) pointer with
- * the low bit set. */
+ * the low bit set; a message the engine made (a DSN) is a malloc'd struct kumo_put with
+ * both low bits set, queued once durable. */
 static void spool_done(void *cookie, int status, void *arg);
 
 static void inject_finish(struct kumo_loop *l, struct kumo_inject *in, int status)
@@ -314,6 +315,16 @@ static void spool_done(void *cookie, int status, void *arg)
 	if (!cookie) {
 		if (status < 0)
 			kumo_elog(l->e, KUMO_LOG_ERROR, "spool update failed: %s", strerror(-status));
+		return;
+	}
+	if ((v & 3) == 3) {
+		struct kumo_put *p = (struct kumo_put *)(v & ~(uintptr_t)3);
+		if (status == 0)
+			kumo_delivery_enqueue(l, p, l->now_ms, 0);
+		else
+			kumo_elog(l->e, KUMO_LOG_ERROR, "spool write of a notification failed: %s",
+				  strerror(-status));
+		free(p);
 		return;
 	}
 	if (v & 1) {
