@@ -532,6 +532,27 @@ static enum outcome early_failure(struct conn *c, int code)
 	return class_of(code) == O_PERM ? O_PERM : O_TEMP;
 }
 
+/*
+ * A 421 reply: the server is closing the connection (RFC 5321 3.8), whatever else was
+ * pipelined behind the command it answered. The message in flight was answered, with a
+ * temporary failure; the connection ends like any other closed one (reconnect or give up)
+ * without waiting for the end of stream or for replies that will not come.
+ */
+static int server_closing(struct conn *c)
+{
+	struct worker *w = c->w;
+	char what[128];
+
+	if (c->in_msg) {
+		record_latency(w, bench_now_ns() - c->t0);
+		w->tempfail++;
+		c->in_msg = false;
+	}
+	snprintf(what, sizeof(what), "server closing the connection: %.*s",
+		 (int)(c->replylen < 96 ? c->replylen : 96), c->reply);
+	return conn_fail(c, what, 0);
+}
+
 /* One complete reply arrived for what x expected. Returns -1 if the conn failed or ended. */
 static int on_reply(struct conn *c, enum expect x, int code)
 {
@@ -539,6 +560,8 @@ static int on_reply(struct conn *c, enum expect x, int code)
 	const struct inject_opts *o = w->run->o;
 	bool ok = code >= 200 && code < 300;
 
+	if (code == 421 && x != X_QUIT)
+		return server_closing(c);
 	switch (x) {
 	case X_GREETING:
 		if (!ok)
@@ -678,7 +701,13 @@ static int conn_parse(struct conn *c)
 	return 0;
 }
 
-static int conn_read(struct conn *c)
+/*
+ * Read and parse until the socket is drained. A short read means drained, and
+ * edge-triggered epoll reports whatever arrives later, except when the event already said
+ * the peer hung up: the end of stream came with this edge and is seen only by reading on
+ * to it, so then read until recv returns 0 or EAGAIN.
+ */
+static int conn_read(struct conn *c, bool hup)
 {
 	for (;;) {
 		size_t room = RBUF_SIZE - c->rlen;
@@ -689,8 +718,8 @@ static int conn_read(struct conn *c)
 			c->deadline_ns = bench_now_ns() + c->w->run->o->timeout_ms * 1000000ULL;
 			if (conn_parse(c) < 0)
 				return -1;
-			if ((size_t)n < room)
-				return 0; /* drained; edge-triggered epoll reports new data */
+			if ((size_t)n < room && !hup)
+				return 0;
 			continue;
 		}
 		if (n == 0) {
@@ -749,7 +778,7 @@ static void conn_event(struct conn *c, uint32_t events)
 	if (c->st != C_OPEN)
 		return;
 	if (events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
-		if (conn_read(c) < 0)
+		if (conn_read(c, (events & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) != 0) < 0)
 			return;
 	}
 	if ((events & EPOLLOUT) && c->outi < c->nout)
@@ -915,7 +944,8 @@ static void report(const struct inject_opts *o, const struct run *r, const struc
 		       "\"perm_failed\":%llu,\"unanswered\":%llu,\"conn_errors\":%llu,"
 		       "\"conns_gave_up\":%llu,\"interrupted\":%s,\"elapsed_s\":%.3f,"
 		       "\"msg_per_s\":%.1f,\"msg_per_hour\":%.0f,\"mb_per_s\":%.2f,"
-		       "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f}\n",
+		       "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,"
+		       "\"start_mono\":%.6f,\"end_mono\":%.6f}\n",
 		       o->port, o->conns, o->threads, (unsigned long long)o->size,
 		       (size_t)(t->accepted ? t->bytes / t->accepted : 0), o->rcpts,
 		       pipe ? "true" : "false", (unsigned long long)t->attempted,
@@ -923,7 +953,8 @@ static void report(const struct inject_opts *o, const struct run *r, const struc
 		       (unsigned long long)t->permfail, (unsigned long long)t->unanswered,
 		       (unsigned long long)t->conn_errors, (unsigned long long)t->gave_up,
 		       interrupted ? "true" : "false", t->elapsed, mps, mps * 3600, mbps, t->p50,
-		       t->p99, t->p999, t->max);
+		       t->p99, t->p999, t->max, (double)r->start_ns / 1e9,
+		       (double)r->start_ns / 1e9 + t->elapsed);
 		return;
 	}
 	printf("kumo-bench inject: %s:%d, %d connections, %d threads, %llu-byte messages, %s%s\n",

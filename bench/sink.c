@@ -78,6 +78,7 @@ struct sconn {
 	int fd;
 	enum sstate st;
 	bool drained;	/* the last read emptied the socket */
+	bool hup;	/* epoll reported the peer's end of stream: read on until recv says 0 */
 	bool skip_line; /* discarding the rest of an overlong line */
 
 	char *rbuf;
@@ -791,7 +792,9 @@ static void conn_run(struct sconn *c)
 		n = recv(c->fd, c->rbuf + c->rlen, room, 0);
 		if (n > 0) {
 			c->rlen += (size_t)n;
-			c->drained = (size_t)n < room;
+			/* A short read drains the socket, but an end of stream that came with
+			 * the same edge is seen only by reading on to it. */
+			c->drained = (size_t)n < room && !c->hup;
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
@@ -889,6 +892,8 @@ static void *sworker_main(void *arg)
 			}
 			if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 				c->drained = false;
+			if (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+				c->hup = true;
 			if (c->st == S_WAIT)
 				continue; /* the socket is read again once the reply is sent */
 			conn_run(c);
@@ -941,11 +946,13 @@ static void summary(const struct sink_opts *o, const struct totals *t, double up
 		printf("{\"messages\":%llu,\"recipients\":%llu,\"bytes\":%llu,"
 		       "\"rcpt_temp_failed\":%llu,\"rcpt_perm_failed\":%llu,\"dropped\":%llu,"
 		       "\"connections\":%llu,\"active_s\":%.3f,\"uptime_s\":%.3f,"
-		       "\"msg_per_s\":%.1f,\"mb_per_s\":%.2f}\n",
+		       "\"msg_per_s\":%.1f,\"mb_per_s\":%.2f,\"first_mail_mono\":%.6f,"
+		       "\"last_accept_mono\":%.6f}\n",
 		       (unsigned long long)t->messages, (unsigned long long)t->rcpts,
 		       (unsigned long long)t->bytes, (unsigned long long)t->rcpt_temp,
 		       (unsigned long long)t->rcpt_perm, (unsigned long long)t->dropped,
-		       (unsigned long long)t->conns, active, uptime, mps, mbps);
+		       (unsigned long long)t->conns, active, uptime, mps, mbps,
+		       (double)t->first / 1e9, (double)t->last / 1e9);
 		return;
 	}
 	printf("kumo-bench sink: %llu messages, %llu recipients, %llu bytes\n",

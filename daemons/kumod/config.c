@@ -403,6 +403,31 @@ static int delivery_section(struct ctx *x, const struct kumo_toml_value *root,
 	return 0;
 }
 
+static int log_section(struct ctx *x, const struct kumo_toml_value *root,
+		       struct kumo_engine_cfg *e)
+{
+	static const char *const keys[] = {"path", "max_segment_size", "max_segment_age",
+					   "compress", NULL};
+	const struct kumo_toml_value *t = kumo_toml_get(root, "log");
+	size_t size = 0;
+	bool compress = true;
+	int err;
+	if (!t)
+		return 0;
+	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
+		return fail(x, t, "log", "expected a table%s", "");
+	if ((err = only_keys(x, t, "log.", keys)) ||
+	    (err = get_string(x, t, "path", "log.path", &e->log_path)) ||
+	    (err = get_size(x, t, "max_segment_size", "log.max_segment_size", &size)) ||
+	    (err = get_duration(x, t, "max_segment_age", "log.max_segment_age",
+				&e->log_max_segment_age_ms)) ||
+	    (err = get_bool(x, t, "compress", "log.compress", &compress)))
+		return err;
+	e->log_max_segment_bytes = size;
+	e->log_no_compress = !compress;
+	return 0;
+}
+
 static int dns_section(struct ctx *x, const struct kumo_toml_value *root,
 		       struct kumo_engine_cfg *e)
 {
@@ -467,8 +492,7 @@ static int sections(struct ctx *x, const struct kumo_toml_value *root, struct ku
 	    (err = engine_section(x, root, &c->engine)) ||
 	    (err = string_section(x, root, "spool", path_key,
 				  (const char **[]){&c->engine.spool_path})) ||
-	    (err = string_section(x, root, "log", path_key,
-				  (const char **[]){&c->engine.log_path})) ||
+	    (err = log_section(x, root, &c->engine)) ||
 	    (err = string_section(x, root, "http", http_keys, (const char **[]){&c->http_listen})) ||
 	    (err = routing_section(x, root, c)) || (err = delivery_section(x, root, &c->engine)) ||
 	    (err = dns_section(x, root, &c->engine)) ||

@@ -58,6 +58,11 @@ struct kumo_engine_cfg {
 	uint32_t idle_timeout_ms;    /* an idle outbound connection closes: 60 s */
 	uint32_t connect_timeout_ms; /* TCP connect to one address: 60 s */
 	const char *ehlo_name;       /* EHLO name for delivery; NULL = hostname */
+
+	/* Log segments (with log_path). Zero fields take the default after them. */
+	uint64_t log_max_segment_bytes; /* rotate after: 1 GiB */
+	uint32_t log_max_segment_age_ms; /* rotate after: 5 min */
+	bool log_no_compress;        /* keep closed segments as .jsonl instead of .jsonl.gz */
 };
 
 /* What happens to a bare CR or LF in DATA: see docs/smtp.md. */

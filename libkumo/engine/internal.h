@@ -185,6 +185,22 @@ struct kumo_loop {
 	bool log_busy;
 	uint64_t log_bytes;
 	unsigned log_seq;
+	/* log segments (log.c): the open one rotates by size and age; closed ones go to the
+	 * engine's compressor. One log op (write, open or close) is in flight at a time. */
+	uint8_t log_op;            /* the op in flight while log_busy */
+	int log_old_fd;            /* the closed segment whose close is in flight, or -1 */
+	char *log_seg_path;        /* the open segment */
+	char *log_next_path;       /* the segment being opened, then the one being closed */
+	char log_stamp[16];        /* YYYYmmdd-HHMMSS of the latest segment name claimed */
+	uint64_t log_seg_bytes;    /* written to the open segment */
+	uint64_t log_seg_first_ms; /* when its first write went out; 0 while empty */
+	bool log_split;            /* a short write left it ending inside a record */
+	uint64_t log_retry_ms;     /* a failed rotation is tried again after this */
+	uint64_t log_dropped;      /* records dropped (pending cap, write errors) since start */
+	uint64_t log_dropped_told; /* of which a warning has been given */
+	uint64_t log_warn_ms;      /* when the last drop warning went out */
+	int log_last_err;          /* latest write error, for that warning */
+	bool log_registered;       /* this loop is a user of the engine's compressor */
 	/* counters (read by other threads without locks: approximate) */
 	_Atomic uint64_t n_connections, n_received, n_rejected, n_batches;
 	int sq_pending;        /* SQEs queued since the last submit */
@@ -210,6 +226,8 @@ struct kumo_engine {
 	bool started;
 	uint64_t recovered;
 	_Atomic unsigned inject_rr;
+	/* closed log segments are compressed here (logcompress.c); NULL if disabled */
+	struct kumo_logcompress *logz;
 };
 
 /* Diagnostics through the embedder's callback. */
@@ -250,6 +268,29 @@ void kumo_log_close(struct kumo_loop *l);
 void kumo_log_commit(struct kumo_loop *l, struct kumo_buf *rec);
 void kumo_log_flush(struct kumo_loop *l);
 void kumo_log_write_done(struct kumo_loop *l, int res);
+
+/* logcompress.c: closed log segments become gzip files on one background thread per
+ * engine. A segment is compressed in chunks, each a separate gzip member (concatenated
+ * members are one valid gzip stream), so memory stays bounded whatever the segment size. */
+#define KUMO_LOGCOMPRESS_CHUNK (4u << 20)
+struct kumo_logcompress;
+/* Starts the thread. Diagnostics go through e's log callback. */
+int kumo_logcompress_new(struct kumo_engine *e, struct kumo_logcompress **out);
+/* Queues every "*.jsonl" in dir (sorted, so oldest first) and removes "*.gz.tmp" left by
+ * an interrupted compression. Call before any loop opens a segment in dir. Blocking. */
+int kumo_logcompress_leftovers(struct kumo_logcompress *z, const char *dir);
+/* Queues a closed segment (the path is copied). Never blocks on compression. */
+int kumo_logcompress_push(struct kumo_logcompress *z, const char *path);
+/* Compresses what is queued, then joins the thread and frees z. */
+void kumo_logcompress_free(struct kumo_logcompress *z);
+/* src -> dst as gzip members of at most chunk input bytes each, dst fsynced. An empty src
+ * gives one empty member. Blocking: for the background thread and tests. 0 or -errno. */
+int kumo_logcompress_file(const char *src, const char *dst, size_t chunk);
+/* "X.jsonl" -> "X.jsonl.gz" through "X.jsonl.gz.tmp" (fsync, rename, directory fsync),
+ * then "X.jsonl" is removed. An existing "X.jsonl.gz" is never replaced: if it holds the
+ * same bytes (a crash after the rename) the segment is removed, else -EEXIST and the
+ * segment stays. Blocking. 0 or -errno. */
+int kumo_logcompress_segment(const char *path, size_t chunk);
 
 struct kumo_log_fields {
 	const char *type;       /* "Reception", "Rejection" */
