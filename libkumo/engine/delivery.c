@@ -57,6 +57,7 @@ struct kumo_oconn {
 	struct kumo_smtp_client_rcpt *crcpts;
 	size_t nbatch, capbatch;
 	bool any_temp;           /* some recipient got a temporary failure this attempt */
+	bool txn_open;           /* sent, and its TXN_DONE not seen yet */
 	char peer_name[256];
 	char peer_addr[48];
 };
@@ -365,9 +366,14 @@ static void finish_message(struct kumo_delivery *d, uint32_t m, struct kumo_enve
 		if (kumo_buf_reserve(&l->scratch, need) == 0)
 			kumo_envelope_encode(env, (uint8_t *)l->scratch.data, l->scratch.cap);
 	}
-	if (need <= l->scratch.cap)
-		kumo_spool_update(l->spool, &msg->id, &msg->loc, (uint8_t *)l->scratch.data, need,
-				  NULL);
+	/* the message is written again with its new envelope (recipient states, attempts,
+	 * due time): reads at its location then see them, and its old segment can go */
+	struct iovec iov = {.iov_base = (void *)data, .iov_len = data_len};
+	struct kumo_spool_loc loc;
+	if (need <= l->scratch.cap &&
+	    kumo_spool_relocate(l->spool, &msg->id, &msg->loc, (uint8_t *)l->scratch.data, need,
+				&iov, 1, NULL, &loc) == 0)
+		msg->loc = loc;
 	kumo_wheel_insert(&l->queues, m);
 }
 
@@ -409,23 +415,13 @@ static void fail_offline(struct kumo_delivery *d, uint32_t m, const struct outco
 	free(buf);
 }
 
-/* A temporary failure without reading the message (site unreachable, DNS trouble): the
- * attempt count grows in RAM and is persisted with the next real attempt. */
+/* A temporary failure without a session (site unreachable, DNS trouble): each
+ * recipient gets its TransientFailure record and the attempt count is persisted, which
+ * needs the envelope: it is read back from the spool (a positional read, usually from
+ * the page cache). */
 static void defer_cheap(struct kumo_delivery *d, uint32_t m, const struct outcome *o)
 {
-	struct kumo_loop *l = d->l;
-	struct kumo_qmsg *msg = &l->queues.msgs[m];
-	if (expired(d, m)) {
-		fail_offline(d, m, o); /* reads it: expires with DSNs */
-		return;
-	}
-	log_outcome(d, m, NULL, NULL, "TransientFailure", o, NULL, 0);
-	if (msg->attempts < 65535)
-		msg->attempts++;
-	uint64_t due = l->now_ms + backoff_ms(d, msg->attempts);
-	uint64_t deadline = kumo_id_ms(&msg->id) + d->max_age_ms;
-	msg->due_s = (uint32_t)(((due < deadline ? due : deadline) + 999) / 1000);
-	kumo_wheel_insert(&l->queues, m);
+	fail_offline(d, m, o);
 }
 
 /* ---- scheduling ------------------------------------------------------------------ */
@@ -827,7 +823,8 @@ static bool send_batch(struct kumo_delivery *d, struct kumo_oconn *oc)
 		.ret = (enum kumo_dsn_ret)env->ret, .envid = env->envid,
 		.body_8bit = env->body == KUMO_SMTP_BODY_8BITMIME, .smtputf8 = env->smtputf8,
 		.data = oc->data, .data_len = oc->data_len};
-	return kumo_smtp_client_send(oc->sm, &t) == 0;
+	oc->txn_open = kumo_smtp_client_send(oc->sm, &t) == 0;
+	return oc->txn_open;
 }
 
 static void message_loaded(struct kumo_delivery *d, struct kumo_oconn *oc, int res)
@@ -884,6 +881,7 @@ static void txn_done(struct kumo_delivery *d, struct kumo_oconn *oc,
 {
 	struct kumo_envelope *env = &oc->env;
 	size_t *bounced = malloc((oc->nbatch ? oc->nbatch : 1) * sizeof(*bounced)), nb = 0;
+	oc->txn_open = false;
 	const struct kumo_smtp_client_reply *first_bounce = NULL;
 	for (size_t i = 0; i < oc->nbatch && i < res->nrcpt; i++) {
 		const struct kumo_smtp_client_reply *r = &res->rcpt[i];
@@ -949,7 +947,7 @@ static void session_failed(struct kumo_delivery *d, struct kumo_oconn *oc,
 		return;
 	}
 	if (oc->msg != KUMO_NONE && oc->state == OC_SESSION) {
-		for (size_t i = 0; i < oc->nbatch; i++) {
+		for (size_t i = 0; oc->txn_open && i < oc->nbatch; i++) {
 			struct kumo_env_rcpt *er = &oc->env.rcpts[oc->batch[i]];
 			if (er->state == KUMO_RCPT_PENDING)
 				log_outcome(d, oc->msg, &oc->env, er->addr, "TransientFailure", &o,
