@@ -289,8 +289,8 @@ static bool word_is(const char *w, size_t n, const char *const *names)
 /* Milliseconds in a duration or period unit; 0 for an unknown unit. */
 static uint64_t unit_ms(const char *w, size_t n, bool allow_ms_weeks)
 {
-	static const char *const ms[] = {"ms", "msec", "msecs", "millisecond", "milliseconds",
-					 NULL};
+	static const char *const ms[] = {"ms",		"msec",		"msecs",
+					 "millisecond", "milliseconds", NULL};
 	static const char *const sec[] = {"s", "sec", "secs", "second", "seconds", NULL};
 	static const char *const min[] = {"m", "min", "mins", "minute", "minutes", NULL};
 	static const char *const hour[] = {"h", "hr", "hrs", "hour", "hours", NULL};
@@ -713,6 +713,8 @@ struct kumo_shaping {
 	struct smap sites;	    /* bound site -> struct group */
 	struct entry **site_list;   /* E_SITE entries in order */
 	size_t nsite, capsite;
+	struct entry **prov_list; /* E_PROVIDER entries in order */
+	size_t nprov, capprov;
 };
 
 void kumo_shaping_free(struct kumo_shaping *sh)
@@ -735,15 +737,30 @@ void kumo_shaping_free(struct kumo_shaping *sh)
 	free(sh->by_domain_name.s);
 	free(sh->by_provider.s);
 	free(sh->site_list);
+	free(sh->prov_list);
 	arena_free(&sh->a);
 	free(sh);
 }
 
 static struct smap *map_for(struct kumo_shaping *sh, enum ekind kind)
 {
-	return kind == E_SITE ? &sh->by_site_name
+	return kind == E_SITE	  ? &sh->by_site_name
 	       : kind == E_DOMAIN ? &sh->by_domain_name
 				  : &sh->by_provider;
+}
+
+/* Room for one more pointer in a list of n with capacity *cap. */
+static int list_reserve(struct entry ***v, size_t n, size_t *cap)
+{
+	if (n < *cap)
+		return 0;
+	size_t c = *cap ? *cap * 2 : 16;
+	struct entry **nv = realloc(*v, c * sizeof(*nv));
+	if (!nv)
+		return -ENOMEM;
+	*v = nv;
+	*cap = c;
+	return 0;
 }
 
 /* The entry of this kind and name, created when new. name must live in the arena. */
@@ -770,14 +787,10 @@ static int get_entry(struct kumo_shaping *sh, enum ekind kind, const char *name,
 		sh->e = v;
 		sh->cap = cap;
 	}
-	if (kind == E_SITE && sh->nsite == sh->capsite) {
-		size_t cap = sh->capsite ? sh->capsite * 2 : 16;
-		struct entry **v = realloc(sh->site_list, cap * sizeof(*v));
-		if (!v)
-			return -ENOMEM;
-		sh->site_list = v;
-		sh->capsite = cap;
-	}
+	if (kind == E_SITE && (rc = list_reserve(&sh->site_list, sh->nsite, &sh->capsite)))
+		return rc;
+	if (kind == E_PROVIDER && (rc = list_reserve(&sh->prov_list, sh->nprov, &sh->capprov)))
+		return rc;
 	if (!(e = calloc(1, sizeof(*e))))
 		return -ENOMEM;
 	e->kind = kind;
@@ -792,6 +805,8 @@ static int get_entry(struct kumo_shaping *sh, enum ekind kind, const char *name,
 	sh->e[sh->ne++] = e;
 	if (kind == E_SITE)
 		sh->site_list[sh->nsite++] = e;
+	if (kind == E_PROVIDER)
+		sh->prov_list[sh->nprov++] = e;
 	*created = true;
 	*out = e;
 	return 0;
@@ -1006,10 +1021,23 @@ static bool provider_only(const char *key)
 	       strcmp(key, "provider_max_message_rate") == 0;
 }
 
+/* Table-valued settings of KumoMTA besides the merged ones: secrets given as a KeySource
+ * ({key_data = "..."}, {vault_path = "..."}). */
+static bool keysource_key(const char *key)
+{
+	return strcmp(key, "smtp_auth_plain_password") == 0 ||
+	       strcmp(key, "tls_certificate") == 0 || strcmp(key, "tls_private_key") == 0;
+}
+
+/* Where a setting is read, for the hint about unquoted dotted names in headers. */
+enum place { P_DOTTED, P_LABEL, P_PROVIDER };
+
 /* Checks a setting named key with value v (also for SetConfig actions). When dst is not
- * NULL, stores it there. entry_name is the entry's name for the quoting hint. */
+ * NULL, stores it there. In a single-label domain entry or a provider (where), a table value
+ * is most likely an unquoted dotted name in a header, and is refused unless it is a known
+ * table-valued setting; entry_name is then the entry's name. */
 static int parse_setting(struct loader *L, const char *key, const struct kumo_toml_value *v,
-			 const char *entry_name, struct table *dst)
+			 enum place where, const char *entry_name, struct table *dst)
 {
 	const struct known *k = find_known(known_keys, NELEM(known_keys), key);
 	const struct known *mt = find_known(merged_tables, NELEM(merged_tables), key);
@@ -1048,9 +1076,14 @@ static int parse_setting(struct loader *L, const char *key, const struct kumo_to
 		if ((rc = parse_typed(L, v, k->type, &s.v)))
 			return rc;
 		s.field = k->field;
-	} else if (kumo_toml_type(v) == KUMO_TOML_TABLE && entry_name &&
-		   !strchr(entry_name, '.') && strcmp(entry_name, "default") != 0) {
+	} else if (kumo_toml_type(v) == KUMO_TOML_TABLE && where != P_DOTTED &&
+		   !keysource_key(key)) {
 		/* [gmail.com] without quotes makes table "gmail" holding table "com". */
+		if (where == P_PROVIDER)
+			return fail(L, kumo_toml_line(v),
+				    "a table inside provider '%s': quote names with dots in "
+				    "headers, as [provider.\"%s.%s\"]",
+				    entry_name, entry_name, key);
 		return fail(L, kumo_toml_line(v),
 			    "a table inside entry '%s': quote domain names in headers, as "
 			    "[\"%s.%s\"]",
@@ -1133,17 +1166,17 @@ static int parse_set_config(struct loader *L, const struct kumo_toml_value *p,
 	if (!rc && !*s)
 		rc = fail(L, kumo_toml_line(name), "empty setting name");
 	if (!rc && structural(s))
-		rc = fail(L, kumo_toml_line(name), "'%s' is not a setting an action can change",
-			  s);
+		rc = fail(L, kumo_toml_line(name), "'%s' is not a setting an action can change", s);
 	key_pop(L, old);
 	if (rc)
 		return rc;
 	old = key_push_s(L, "value");
-	rc = parse_setting(L, s, value, NULL, NULL);
+	rc = parse_setting(L, s, value, P_DOTTED, NULL, NULL);
 	key_pop(L, old);
 	if (rc)
 		return rc;
-	if (!(a->name = arena_strndup(&L->sh->a, s, strlen(s))) || !(a->value = render_dup(L, value)))
+	if (!(a->name = arena_strndup(&L->sh->a, s, strlen(s))) ||
+	    !(a->value = render_dup(L, value)))
 		return oom(L);
 	return 0;
 }
@@ -1166,7 +1199,8 @@ static int parse_action(struct loader *L, const struct kumo_toml_value *v,
 				    s);
 		if (action_names[i].set_config)
 			return fail(L, kumo_toml_line(v),
-				    "%s needs a setting: {%s = {name = \"...\", value = ...}}", s, s);
+				    "%s needs a setting: {%s = {name = \"...\", value = ...}}", s,
+				    s);
 		a->kind = action_names[i].kind;
 		return 0;
 	}
@@ -1198,8 +1232,11 @@ static int parse_rule(struct loader *L, const struct kumo_toml_value *t, struct 
 	static const char *const keys[] = {"regex",    "action",	 "trigger",
 					   "duration", "match_internal", NULL};
 	static const char *const required[] = {"regex", "action", "duration", NULL};
-	struct kumo_shaping_rule r = {.immediate = true, .scope = scope, .entry = e->name,
-				      .file = L->file, .line = kumo_toml_line(t)};
+	struct kumo_shaping_rule r = {.immediate = true,
+				      .scope = scope,
+				      .entry = e->name,
+				      .file = L->file,
+				      .line = kumo_toml_line(t)};
 	const struct kumo_toml_value *v;
 	const char *k, *s;
 	size_t old;
@@ -1282,9 +1319,9 @@ static int parse_rule(struct loader *L, const struct kumo_toml_value *t, struct 
 		if (kumo_toml_type(v) == KUMO_TOML_STRING) {
 			rc = get_str(L, v, "a trigger", &s);
 			if (!rc && strcmp(s, "Immediate") != 0)
-				rc = fail(L, kumo_toml_line(v),
-					  "\"%s\": expected \"Immediate\" or {Threshold = \"5/hr\"}",
-					  s);
+				rc = fail(
+				    L, kumo_toml_line(v),
+				    "\"%s\": expected \"Immediate\" or {Threshold = \"5/hr\"}", s);
 		} else if (kumo_toml_type(v) == KUMO_TOML_TABLE && kumo_toml_count(v) == 1 &&
 			   kumo_toml_get(v, "Threshold")) {
 			size_t o2 = key_push_s(L, "Threshold");
@@ -1366,11 +1403,11 @@ static int parse_sources(struct loader *L, const struct kumo_toml_value *v, stru
 				break;
 			size_t o2 = key_push_s(L, k);
 			const struct kumo_toml_value *sv = kumo_toml_at(st, j);
-			if (structural(k) && strcmp(k, "provider_source_selection_rate") != 0)
+			if (structural(k))
 				rc = fail(L, kumo_toml_line(sv),
 					  "not valid in a source entry: only settings are");
 			else
-				rc = parse_setting(L, k, sv, NULL, t);
+				rc = parse_setting(L, k, sv, P_DOTTED, NULL, t);
 			key_pop(L, o2);
 		}
 		key_pop(L, old);
@@ -1424,12 +1461,16 @@ static int load_entry(struct loader *L, const char *key, const struct kumo_toml_
 		if (!n)
 			return fail(L, kumo_toml_line(t), "empty domain name");
 		if (key[n - 1] == '.')
-			return fail(L, kumo_toml_line(t), "invalid domain name: it ends with \"..\"");
+			return fail(L, kumo_toml_line(t),
+				    "invalid domain name: it ends with \"..\"");
 		if (!(name = norm_name(L, key)))
 			return oom(L);
 	}
-	if ((rc = get_entry(L->sh, is_default ? E_DEFAULT : rollup ? E_SITE : E_DOMAIN, name,
-			    &created, &e)))
+	if ((rc = get_entry(L->sh,
+			    is_default ? E_DEFAULT
+			    : rollup   ? E_SITE
+				       : E_DOMAIN,
+			    name, &created, &e)))
 		return oom(L);
 	if (replace && !created)
 		entry_clear(e);
@@ -1449,10 +1490,12 @@ static int load_entry(struct loader *L, const char *key, const struct kumo_toml_
 		else if (strcmp(k, "sources") == 0)
 			rc = parse_sources(L, v, e);
 		else if (provider_only(k))
-			rc = fail(L, kumo_toml_line(v),
-				  "only valid in a [provider.\"name\"] entry");
+			rc =
+			    fail(L, kumo_toml_line(v), "only valid in a [provider.\"name\"] entry");
 		else
-			rc = parse_setting(L, k, v, key, &e->params);
+			rc = parse_setting(L, k, v,
+					   is_default || strchr(key, '.') ? P_DOTTED : P_LABEL, key,
+					   &e->params);
 		key_pop(L, old);
 		if (rc)
 			return rc;
@@ -1563,7 +1606,7 @@ static int load_provider(struct loader *L, const char *key, const struct kumo_to
 			if (!(rc = parse_typed(L, v, V_RATE, &u)))
 				e->prate = u.rate;
 		} else {
-			rc = parse_setting(L, k, v, NULL, &e->params);
+			rc = parse_setting(L, k, v, P_PROVIDER, key, &e->params);
 		}
 		key_pop(L, old);
 		if (rc)
@@ -1743,8 +1786,8 @@ static bool is_domain_name(const char *d)
 
 /* KumoMTA's rule: a DomainSuffix match on the domain suffices; otherwise every MX host must
  * match some MXSuffix or HostName. */
-static bool provider_matches(const struct entry *p, const char *domain,
-			     const char *const *hosts, size_t nmx)
+static bool provider_matches(const struct entry *p, const char *domain, const char *const *hosts,
+			     size_t nmx)
 {
 	bool need_mx = false;
 	size_t dlen = strlen(domain);
@@ -1794,8 +1837,8 @@ static void matched_free(struct matched *m)
 	free(m->site);
 }
 
-static int match_all(const struct kumo_shaping *sh, const char *domain,
-		     const char *const *hosts, size_t nmx, struct matched *m)
+static int match_all(const struct kumo_shaping *sh, const char *domain, const char *const *hosts,
+		     size_t nmx, struct matched *m)
 {
 	*m = (struct matched){0};
 	if (!domain || !name_len(domain) || (nmx && !hosts))
@@ -1805,11 +1848,11 @@ static int match_all(const struct kumo_shaping *sh, const char *domain,
 	m->dom = smap_get(&sh->by_domain_name, m->domain);
 
 	if (is_domain_name(m->domain)) {
-		for (size_t i = 0; i < sh->ne; i++) {
-			struct entry *e = sh->e[i];
-			if (e->kind != E_PROVIDER || !provider_matches(e, m->domain, hosts, nmx))
+		for (size_t i = 0; i < sh->nprov; i++) {
+			struct entry *e = sh->prov_list[i];
+			if (!provider_matches(e, m->domain, hosts, nmx))
 				continue;
-			if (!m->prov && !(m->prov = calloc(sh->by_provider.n, sizeof(*m->prov))))
+			if (!m->prov && !(m->prov = calloc(sh->nprov, sizeof(*m->prov))))
 				goto out_nomem;
 			m->prov[m->nprov++] = e;
 		}
@@ -1948,8 +1991,7 @@ static void apply_provider(struct kumo_shaping_params *p, const struct entry *e)
 		p->providers_truncated = true;
 		return;
 	}
-	p->providers[p->nproviders++] =
-	    (struct kumo_shaping_provider){e->name, e->pconn, e->prate};
+	p->providers[p->nproviders++] = (struct kumo_shaping_provider){e->name, e->pconn, e->prate};
 }
 
 static void defaults(struct kumo_shaping_params *p)
@@ -1986,8 +2028,10 @@ int kumo_shaping_effective(const struct kumo_shaping *sh, const char *domain,
 	if ((rc = match_all(sh, domain, mx_hosts, nmx, &m)))
 		return rc;
 	defaults(out);
-	if (sh->deflt)
+	if (sh->deflt) {
 		apply_table(out, &sh->deflt->params);
+		apply_table(out, entry_find_source(sh->deflt, source));
+	}
 	for (size_t i = 0; i < m.nprov; i++) {
 		apply_table(out, &m.prov[i]->params);
 		apply_provider(out, m.prov[i]);
@@ -2060,8 +2104,8 @@ static void group_remove(struct group *g, const struct entry *e)
 	}
 }
 
-int kumo_shaping_bind_site(struct kumo_shaping *sh, const char *domain,
-			   const char *const *mx_hosts, size_t nmx)
+int kumo_shaping_bind_site(struct kumo_shaping *sh, const char *domain, const char *const *mx_hosts,
+			   size_t nmx)
 {
 	struct entry *e;
 	struct group *g;

@@ -92,11 +92,11 @@ struct kumo_shaping_params {
 	uint32_t set;	/* bit (1u << enum kumo_shaping_field): a file gave this field */
 	bool mx_rollup; /* false when a domain entry with mx_rollup = false applied: its ready
 			 * queues are then per domain rather than per site (MX set) */
-	struct kumo_shaping_limit connection_limit;    /* default 32 */
-	struct kumo_shaping_rate max_connection_rate;  /* default none */
-	struct kumo_shaping_rate max_message_rate;     /* default none */
-	uint64_t max_deliveries_per_connection;	       /* default 1024 */
-	uint64_t max_ready;			       /* default 1024 */
+	struct kumo_shaping_limit connection_limit;	       /* default 32 */
+	struct kumo_shaping_rate max_connection_rate;	       /* default none */
+	struct kumo_shaping_rate max_message_rate;	       /* default none */
+	uint64_t max_deliveries_per_connection;		       /* default 1024 */
+	uint64_t max_ready;				       /* default 1024 */
 	uint64_t consecutive_connection_failures_before_delay; /* default 100 */
 	enum kumo_shaping_tls enable_tls;		       /* default opportunistic */
 	uint64_t connect_timeout_ms;			       /* default 60 s */
@@ -192,13 +192,19 @@ int kumo_shaping_load_texts(const struct kumo_shaping_text *texts, size_t n,
 void kumo_shaping_free(struct kumo_shaping *sh);
 
 /* Fills *out with the effective settings for delivering to domain through the MX hosts
- * mx_hosts[0..nmx) from egress source (NULL: no source overrides apply). Names compare
- * without regard to case or a trailing dot. Precedence, lowest first:
- *   built-in defaults < ["default"] < each matching [provider."x"] in file order
- *   < matching providers' sources < site entries (domain entries with mx_rollup, matched by
- *   name or by bound site) < the domain entry with mx_rollup = false
- *   < site entries' sources < that domain entry's sources.
- * Returns 0, -EINVAL for a NULL or empty domain, -ENOMEM. */
+ * mx_hosts[0..nmx) (nmx may be 0: no provider matches by MX then) from egress source (NULL:
+ * no source overrides apply). Names compare without regard to ASCII case or a trailing dot.
+ * Precedence, lowest first:
+ *   built-in defaults < ["default"] < ["default"].sources.SOURCE
+ *   < each matching [provider."x"] in file order < matching providers' sources
+ *   < site entries (domain entries with mx_rollup, matched by name or by bound site)
+ *   < the domain entry with mx_rollup = false < site entries' sources
+ *   < that domain entry's sources.
+ * A provider matches when one DomainSuffix is a suffix of domain, or else when every MX host
+ * matches one of its MXSuffix (a suffix) or HostName (the whole name); providers only apply
+ * when domain is a domain name (letters, digits, '-', '_' and dots). Strings stored in *out
+ * belong to sh. Allocates a little while it runs. Returns 0, -EINVAL for a NULL or empty
+ * domain, -ENOMEM. */
 int kumo_shaping_effective(const struct kumo_shaping *sh, const char *domain,
 			   const char *const *mx_hosts, size_t nmx, const char *source,
 			   struct kumo_shaping_params *out);
@@ -206,22 +212,30 @@ int kumo_shaping_effective(const struct kumo_shaping *sh, const char *domain,
 /* The automation rules that apply to domain (with these MX hosts), in KumoMTA's order:
  * default, matching providers, site entries, the domain entry. Stores up to cap pointers in
  * out (valid until kumo_shaping_free) and returns how many rules apply, which may be more
- * than cap. out may be NULL when cap is 0. */
+ * than cap; 0 also for a NULL or empty domain and when memory runs out. out may be NULL when
+ * cap is 0. */
 size_t kumo_shaping_rules(const struct kumo_shaping *sh, const char *domain,
 			  const char *const *mx_hosts, size_t nmx,
 			  const struct kumo_shaping_rule **out, size_t cap);
 
-/* MX rollup. KumoMTA resolves each domain entry that uses mx_rollup while loading, and
- * applies it to every domain served by the same MX set ("site"). Loading here does no DNS:
- * an unbound site entry applies to its own domain only. The embedder lists the site entries,
- * resolves their MX hosts, and binds each; thereafter the entry also applies to any domain
- * whose MX set is the same (compared as sorted, lowercase names without trailing dot).
- * Binding again replaces the earlier binding. Not safe while another thread queries sh.
- * Returns 0, -ENOENT when domain has no site entry, -EINVAL for nmx == 0, -ENOMEM. */
+/* MX rollup. KumoMTA resolves the MX of each domain entry that uses mx_rollup (a "site
+ * entry") while loading, and applies the entry to every domain served by the same MX set
+ * (the "site"). Loading here does no DNS, so an unbound site entry applies to its own domain
+ * only. The embedder lists the site entries, resolves their MX hosts and binds each; the
+ * entry then also applies to any domain whose MX set is the same (compared as distinct,
+ * sorted, lowercase names without the trailing dot, as engine/dns.h builds site names).
+ * Binding is the one change made after loading: do it before sharing sh between threads. */
+
+/* Number of site entries, and the i-th one's domain name (lowercase, without trailing dot;
+ * valid until kumo_shaping_free), in file order. NULL when i is out of range. */
 size_t kumo_shaping_site_entry_count(const struct kumo_shaping *sh);
-const char *kumo_shaping_site_entry(const struct kumo_shaping *sh, size_t i); /* NULL: i >= n */
-int kumo_shaping_bind_site(struct kumo_shaping *sh, const char *domain,
-			   const char *const *mx_hosts, size_t nmx);
+const char *kumo_shaping_site_entry(const struct kumo_shaping *sh, size_t i);
+
+/* Binds the site entry of domain to the MX set mx_hosts[0..nmx); binding again replaces the
+ * earlier binding. Returns 0, -ENOENT when domain has no site entry, -EINVAL for an empty MX
+ * set, -ENOMEM. */
+int kumo_shaping_bind_site(struct kumo_shaping *sh, const char *domain, const char *const *mx_hosts,
+			   size_t nmx);
 
 /* The value parsers used for the files, for the automation engine and tools. Each returns
  * 0 or -EINVAL. Numbers may use ',' or '_' between digits ("1,000").

@@ -37,8 +37,8 @@ static void check_params(const struct kumo_shaping_params *p)
 		abort();
 }
 
-static void check_rules(const struct kumo_shaping *sh, const char *domain,
-			const char *const *mx, size_t nmx)
+static void check_rules(const struct kumo_shaping *sh, const char *domain, const char *const *mx,
+			size_t nmx)
 {
 	const struct kumo_shaping_rule *r[16];
 	size_t n = kumo_shaping_rules(sh, domain, mx, nmx, NULL, 0);

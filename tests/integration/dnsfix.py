@@ -75,7 +75,7 @@ class Dnsmasq:
             argv = [DNSMASQ, "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
                     "--listen-address=127.0.0.1", "--bind-interfaces", "--port=%d" % self.port,
                     "--pid-file=%s" % self.pidfile, "--local=/test/", "--local-ttl=60",
-                    "--log-facility=%s" % self.logpath, "--log-queries"] + self.records
+                    "--log-facility=%s" % self.logpath] + self.records
             self.log = open(self.logpath + ".out", "ab")
             self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log)
             deadline = time.time() + timeout
@@ -99,11 +99,3 @@ class Dnsmasq:
         if self.proc:
             self.log.close()
         self.proc = None
-
-    def queries(self):
-        """The names queried so far, from dnsmasq's query log."""
-        try:
-            with open(self.logpath, errors="replace") as f:
-                return [l.split("query[", 1)[1] for l in f if "query[" in l]
-        except FileNotFoundError:
-            return []

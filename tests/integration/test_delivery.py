@@ -5,7 +5,6 @@ the log records (Delivery, TransientFailure, Bounce, Expiration), retries and th
 the DSNs sent back to the sender (RFC 3464), and that the spool ends empty."""
 import email
 import email.policy
-import os
 import smtplib
 import socket
 import socketserver

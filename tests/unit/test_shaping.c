@@ -102,8 +102,7 @@ static void make_tmpdir(char *dir, size_t cap)
 	assert_non_null(mkdtemp(dir));
 }
 
-static void write_file(const char *dir, const char *name, const char *text, char *path,
-		       size_t cap)
+static void write_file(const char *dir, const char *name, const char *text, char *path, size_t cap)
 {
 	snprintf(path, cap, "%s/%s", dir, name);
 	FILE *f = fopen(path, "w");
@@ -121,9 +120,10 @@ static void rm_file(const char *path)
 
 static void test_compat_files_load(void **state)
 {
-	const char *const sets[][2] = {
-	    {POLICY_EXTRAS, NULL}, {COMMUNITY, NULL}, {POLICY_EXTRAS, COMMUNITY},
-	    {COMMUNITY, POLICY_EXTRAS}};
+	const char *const sets[][2] = {{POLICY_EXTRAS, NULL},
+				       {COMMUNITY, NULL},
+				       {POLICY_EXTRAS, COMMUNITY},
+				       {COMMUNITY, POLICY_EXTRAS}};
 
 	for (size_t i = 0; i < sizeof(sets) / sizeof(sets[0]); i++) {
 		struct kumo_shaping *sh = load_paths(sets[i], sets[i][1] ? 2 : 1);
@@ -156,6 +156,8 @@ struct compat_case {
 #define REQ KUMO_SHAPING_TLS_REQUIRED
 #define REQ_INSECURE KUMO_SHAPING_TLS_REQUIRED_INSECURE
 
+/* One row per destination; kept on few lines for reading. */
+/* clang-format off */
 static const struct compat_case compat_cases[] = {
     /* ["default"] and [provider."google"]; the community's provider "gmail" has no match */
     {"gmail.com",
@@ -219,6 +221,7 @@ static const struct compat_case compat_cases[] = {
     {"mixed.example", {"aspmx.l.google.com", "mx.mixed.example"}, NULL, 10, false, 100, 100,
      SEC, 100, MIN, OPP, 60 * SEC, 100, 1024, NULL, 0, true, 1},
 };
+/* clang-format on */
 
 static void test_compat_effective(void **state)
 {
@@ -274,11 +277,10 @@ static void test_compat_set_bits_and_extras(void **state)
 {
 	struct kumo_shaping *sh = load_compat();
 	struct kumo_shaping_params p;
-	const uint32_t from_default = F(CONNECTION_LIMIT) | F(MAX_CONNECTION_RATE) |
-				      F(MAX_DELIVERIES_PER_CONNECTION) | F(MAX_MESSAGE_RATE) |
-				      F(IDLE_TIMEOUT) | F(DATA_TIMEOUT) | F(DATA_DOT_TIMEOUT) |
-				      F(ENABLE_TLS) |
-				      F(CONSECUTIVE_CONNECTION_FAILURES_BEFORE_DELAY);
+	const uint32_t from_default =
+	    F(CONNECTION_LIMIT) | F(MAX_CONNECTION_RATE) | F(MAX_DELIVERIES_PER_CONNECTION) |
+	    F(MAX_MESSAGE_RATE) | F(IDLE_TIMEOUT) | F(DATA_TIMEOUT) | F(DATA_DOT_TIMEOUT) |
+	    F(ENABLE_TLS) | F(CONSECUTIVE_CONNECTION_FAILURES_BEFORE_DELAY);
 
 	effective(sh, "unknown.example", NULL, 0, NULL, &p);
 	assert_int_equal(p.set, from_default);
@@ -439,12 +441,12 @@ static void test_merge_order(void **state)
 	struct kumo_shaping *sh = load_paths(paths, 2);
 
 	effective(sh, "other.example", NULL, 0, NULL, &p);
-	assert_int_equal(p.connection_limit.limit, 10);	   /* base only */
-	assert_int_equal(p.max_message_rate.count, 50);	   /* overlay wins */
-	assert_int_equal(p.idle_timeout_ms, 60 * SEC);	   /* base only */
+	assert_int_equal(p.connection_limit.limit, 10); /* base only */
+	assert_int_equal(p.max_message_rate.count, 50); /* overlay wins */
+	assert_int_equal(p.idle_timeout_ms, 60 * SEC);	/* base only */
 
 	effective(sh, "x.example", NULL, 0, NULL, &p);
-	assert_int_equal(p.connection_limit.limit, 4);		 /* domain over default */
+	assert_int_equal(p.connection_limit.limit, 4);	       /* domain over default */
 	assert_int_equal(p.max_deliveries_per_connection, 60); /* overlay wins */
 	assert_int_equal(p.max_message_rate.count, 50);
 	assert_string_equal(extra(&p, "smtp_port"), "2526");
@@ -525,8 +527,9 @@ static void test_replace_base(void **state)
 	kumo_shaping_free(sh);
 
 	/* without replace_base the same files merge */
-	const char *merged[] = {docs[0], "[\"x.example\"]\nmax_deliveries_per_connection = 70\n"
-					 "[provider.p]\nmatch = [{DomainSuffix = \".q.example\"}]\n"};
+	const char *merged[] = {docs[0],
+				"[\"x.example\"]\nmax_deliveries_per_connection = 70\n"
+				"[provider.p]\nmatch = [{DomainSuffix = \".q.example\"}]\n"};
 	sh = load_strs(merged, 2);
 	effective(sh, "x.example", NULL, 0, "s1", &p);
 	assert_int_equal(p.connection_limit.limit, 1);
@@ -541,8 +544,8 @@ static void test_replace_base(void **state)
 	kumo_shaping_free(sh);
 }
 
-/* Precedence: default < providers < provider sources < site entry < domain entry
- * < site entry sources < domain entry sources. */
+/* Precedence: default < default sources < providers < provider sources < site entry
+ * < domain entry < site entry sources < domain entry sources. */
 static void test_precedence_and_sources(void **state)
 {
 	const char *text = "[\"default\"]\n"
@@ -551,6 +554,9 @@ static void test_precedence_and_sources(void **state)
 			   "max_deliveries_per_connection = 1\n"
 			   "idle_timeout = 1\n"
 			   "connect_timeout = 1\n"
+			   "[\"default\".sources.s]\n"
+			   "connection_limit = 8\n"
+			   "connect_timeout = 9\n"
 			   "[provider.p]\n"
 			   "match = [{MXSuffix = \".mx.example\"}]\n"
 			   "connection_limit = 2\n"
@@ -581,16 +587,16 @@ static void test_precedence_and_sources(void **state)
 		size_t nmx;
 	} cases[] = {
 	    {"none.example", NULL, 1, 1, 1, 1, 1, true, 0}, /* default only */
-	    {"none.example", "s", 1, 1, 1, 1, 1, true, 0},
+	    {"none.example", "s", 8, 1, 1, 1, 9, true, 0},  /* default source */
 	    {"none.example", NULL, 2, 2, 2, 2, 1, true, 2}, /* provider */
-	    {"none.example", "s", 3, 3, 3, 2, 1, true, 2},  /* provider source */
+	    {"none.example", "s", 3, 3, 3, 2, 9, true, 2},  /* provider source */
 	    {"site.example", NULL, 4, 4, 1, 1, 1, true, 0},
 	    {"site.example", NULL, 4, 4, 2, 2, 1, true, 2},
-	    {"site.example", "s", 6, 4, 3, 2, 1, true, 2},
+	    {"site.example", "s", 6, 4, 3, 2, 9, true, 2},
 	    {"site.example", "t", 4, 4, 2, 2, 1, true, 2},
 	    {"dom.example", NULL, 5, 2, 2, 2, 1, false, 2},
-	    {"dom.example", "s", 7, 3, 3, 2, 1, false, 2},
-	    {"dom.example", "s", 7, 1, 1, 1, 1, false, 0},
+	    {"dom.example", "s", 7, 3, 3, 2, 9, false, 2},
+	    {"dom.example", "s", 7, 1, 1, 1, 9, false, 0},
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -615,18 +621,19 @@ static void test_precedence_and_sources(void **state)
 
 static void test_provider_match(void **state)
 {
-	const char *text = "[provider.mx]\n"
-			   "match = [{MXSuffix = \".mx.example.net\"}, {MXSuffix = \".alt.example\"}]\n"
-			   "provider_connection_limit = \"local:4\"\n"
-			   "provider_max_message_rate = \"100/h,max_burst=10\"\n"
-			   "max_ready = 11\n"
-			   "[provider.dom]\n"
-			   "match = [{DomainSuffix = \".corp.example\"}, {DomainSuffix = \"corp.test\"}]\n"
-			   "max_ready = 22\n"
-			   "[provider.host]\n"
-			   "match = [{HostName = \"smtp.host.example.\"}, {MXSuffix = \".relay.example\"}]\n"
-			   "provider_connection_limit = 7\n"
-			   "max_ready = 33\n";
+	const char *text =
+	    "[provider.mx]\n"
+	    "match = [{MXSuffix = \".mx.example.net\"}, {MXSuffix = \".alt.example\"}]\n"
+	    "provider_connection_limit = \"local:4\"\n"
+	    "provider_max_message_rate = \"100/h,max_burst=10\"\n"
+	    "max_ready = 11\n"
+	    "[provider.dom]\n"
+	    "match = [{DomainSuffix = \".corp.example\"}, {DomainSuffix = \"corp.test\"}]\n"
+	    "max_ready = 22\n"
+	    "[provider.host]\n"
+	    "match = [{HostName = \"smtp.host.example.\"}, {MXSuffix = \".relay.example\"}]\n"
+	    "provider_connection_limit = 7\n"
+	    "max_ready = 33\n";
 	struct kumo_shaping *sh = load_str(text);
 	struct {
 		const char *domain;
@@ -702,17 +709,18 @@ static void test_provider_match(void **state)
 
 static void test_rules_order(void **state)
 {
-	const char *docs[] = {"[[\"default\".automation]]\nregex = \"d\"\naction = \"Suspend\"\n"
-			      "duration = \"1m\"\n"
-			      "[\"dom.example\"]\nmx_rollup = false\n"
-			      "[[\"dom.example\".automation]]\nregex = \"dom\"\naction = \"Suspend\"\n"
-			      "duration = \"1m\"\n"
-			      "[[provider.p.automation]]\nregex = \"p\"\naction = \"Suspend\"\n"
-			      "duration = \"1m\"\nmatch_internal = true\n"
-			      "[provider.p]\nmatch = [{MXSuffix = \".mx.example\"}]\n",
-			      /* the same domain with mx_rollup: a separate (site) entry */
-			      "[[\"dom.example\".automation]]\nregex = \"site\"\n"
-			      "action = \"Suspend\"\nduration = \"1m\"\n"};
+	const char *docs[] = {
+	    "[[\"default\".automation]]\nregex = \"d\"\naction = \"Suspend\"\n"
+	    "duration = \"1m\"\n"
+	    "[\"dom.example\"]\nmx_rollup = false\n"
+	    "[[\"dom.example\".automation]]\nregex = \"dom\"\naction = \"Suspend\"\n"
+	    "duration = \"1m\"\n"
+	    "[[provider.p.automation]]\nregex = \"p\"\naction = \"Suspend\"\n"
+	    "duration = \"1m\"\nmatch_internal = true\n"
+	    "[provider.p]\nmatch = [{MXSuffix = \".mx.example\"}]\n",
+	    /* the same domain with mx_rollup: a separate (site) entry */
+	    "[[\"dom.example\".automation]]\nregex = \"site\"\n"
+	    "action = \"Suspend\"\nduration = \"1m\"\n"};
 	struct kumo_shaping *sh = load_strs(docs, 2);
 	const struct kumo_shaping_rule *r[8];
 	const char *mx[] = {"a.mx.example"};
@@ -884,10 +892,12 @@ static void test_parse_limit_count_duration(void **state)
 		uint64_t n;
 		bool local;
 	} limits[] = {
-	    {"5", 0, 5, false},	      {"local:5", 0, 5, true}, {"1,000", 0, 1000, false},
-	    {"local:10_000", 0, 10000, true}, {"0", 0, 0, false}, {"local:", -EINVAL, 0, false},
-	    {"five", -EINVAL, 0, false},	      {"5 ", -EINVAL, 0, false},	      {"-5", -EINVAL, 0, false},
-	    {"1,000,", -EINVAL, 0, false},      {",1", -EINVAL, 0, false},	      {"", -EINVAL, 0, false},
+	    {"5", 0, 5, false},		 {"local:5", 0, 5, true},
+	    {"1,000", 0, 1000, false},	 {"local:10_000", 0, 10000, true},
+	    {"0", 0, 0, false},		 {"local:", -EINVAL, 0, false},
+	    {"five", -EINVAL, 0, false}, {"5 ", -EINVAL, 0, false},
+	    {"-5", -EINVAL, 0, false},	 {"1,000,", -EINVAL, 0, false},
+	    {",1", -EINVAL, 0, false},	 {"", -EINVAL, 0, false},
 	};
 	for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++) {
 		struct kumo_shaping_limit l = {0};
@@ -904,9 +914,14 @@ static void test_parse_limit_count_duration(void **state)
 		int rc;
 		uint64_t n;
 	} counts[] = {
-	    {"100", 0, 100},	     {"1,000", 0, 1000}, {"1_000_000", 0, 1000000},
-	    {"18446744073709551615", 0, UINT64_MAX},	 {"18446744073709551616", -EINVAL, 0},
-	    {"local:5", -EINVAL, 0},  {"1.5", -EINVAL, 0},	 {"", -EINVAL, 0},
+	    {"100", 0, 100},
+	    {"1,000", 0, 1000},
+	    {"1_000_000", 0, 1000000},
+	    {"18446744073709551615", 0, UINT64_MAX},
+	    {"18446744073709551616", -EINVAL, 0},
+	    {"local:5", -EINVAL, 0},
+	    {"1.5", -EINVAL, 0},
+	    {"", -EINVAL, 0},
 	};
 	for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
 		uint64_t n = 0;
@@ -921,32 +936,19 @@ static void test_parse_limit_count_duration(void **state)
 		int rc;
 		uint64_t ms;
 	} durations[] = {
-	    {"90m", 0, 90 * MIN},
-	    {"3 days", 0, 3 * DAY},
-	    {"1h", 0, HOUR},
-	    {"30s", 0, 30 * SEC},
-	    {"5 minutes", 0, 5 * MIN},
-	    {"1 hours", 0, HOUR},
-	    {"2 hour", 0, 2 * HOUR},
-	    {"15 minutes", 0, 15 * MIN},
-	    {"1 hour", 0, HOUR},
-	    {"60", 0, 60 * SEC},
-	    {"1h 30m", 0, 90 * MIN},
-	    {"1h30m15s", 0, 90 * MIN + 15 * SEC},
-	    {"250ms", 0, 250},
-	    {"2w", 0, 14 * DAY},
-	    {"1 week", 0, 7 * DAY},
-	    {" 10 sec ", 0, 10 * SEC},
-	    {"1,000s", 0, 1000 * SEC},
-	    {"", -EINVAL, 0},
-	    {"   ", -EINVAL, 0},
-	    {"m", -EINVAL, 0},
-	    {"5 parsecs", -EINVAL, 0},
-	    {"1h 30", -EINVAL, 0},
-	    {"1.5h", -EINVAL, 0},
-	    {"-5s", -EINVAL, 0},
-	    {"5M", -EINVAL, 0},
-	    {"99999999999999999 days", -EINVAL, 0},
+	    {"90m", 0, 90 * MIN},      {"3 days", 0, 3 * DAY},
+	    {"1h", 0, HOUR},	       {"30s", 0, 30 * SEC},
+	    {"5 minutes", 0, 5 * MIN}, {"1 hours", 0, HOUR},
+	    {"2 hour", 0, 2 * HOUR},   {"15 minutes", 0, 15 * MIN},
+	    {"1 hour", 0, HOUR},       {"60", 0, 60 * SEC},
+	    {"1h 30m", 0, 90 * MIN},   {"1h30m15s", 0, 90 * MIN + 15 * SEC},
+	    {"250ms", 0, 250},	       {"2w", 0, 14 * DAY},
+	    {"1 week", 0, 7 * DAY},    {" 10 sec ", 0, 10 * SEC},
+	    {"1,000s", 0, 1000 * SEC}, {"", -EINVAL, 0},
+	    {"   ", -EINVAL, 0},       {"m", -EINVAL, 0},
+	    {"5 parsecs", -EINVAL, 0}, {"1h 30", -EINVAL, 0},
+	    {"1.5h", -EINVAL, 0},      {"-5s", -EINVAL, 0},
+	    {"5M", -EINVAL, 0},	       {"99999999999999999 days", -EINVAL, 0},
 	};
 	for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
 		uint64_t ms = 0;
@@ -960,24 +962,25 @@ static void test_parse_limit_count_duration(void **state)
 /* The same units inside a file, including integers for counts and durations. */
 static void test_units_in_file(void **state)
 {
-	const char *text = "[\"default\"]\n"
-			   "connection_limit = \"local:5\"\n"
-			   "max_connection_rate = \"1,000/hr\"\n"
-			   "max_message_rate = \"100/h,max_burst=10\"\n"
-			   "max_deliveries_per_connection = \"1,000\"\n"
-			   "max_ready = 2048\n"
-			   "idle_timeout = \"90m\"\n"
-			   "connect_timeout = 45\n"
-			   "rset_timeout = \"3 days\"\n"
-			   "enable_tls = \"Disabled\"\n"
-			   "provider_name = \"mine\"\n"
-			   "prohibited_hosts = [\"127.0.0.0/8\", \"::1\"]\n"
-			   "skip_hosts = []\n"
-			   "enable_dane = true\n"
-			   "weight = 1.5\n"
-			   "smtp_auth_plain_password = {key_data = \"s\\\"x\"}\n"
-			   "additional_connection_limits = {\"shared one\" = 10, two = \"local:3\"}\n"
-			   "additional_message_rate_throttles = {global = \"4000/s\"}\n";
+	const char *text =
+	    "[\"default\"]\n"
+	    "connection_limit = \"local:5\"\n"
+	    "max_connection_rate = \"1,000/hr\"\n"
+	    "max_message_rate = \"100/h,max_burst=10\"\n"
+	    "max_deliveries_per_connection = \"1,000\"\n"
+	    "max_ready = 2048\n"
+	    "idle_timeout = \"90m\"\n"
+	    "connect_timeout = 45\n"
+	    "rset_timeout = \"3 days\"\n"
+	    "enable_tls = \"Disabled\"\n"
+	    "provider_name = \"mine\"\n"
+	    "prohibited_hosts = [\"127.0.0.0/8\", \"::1\"]\n"
+	    "skip_hosts = []\n"
+	    "enable_dane = true\n"
+	    "weight = 1.5\n"
+	    "smtp_auth_plain_password = {key_data = \"s\\\"x\"}\n"
+	    "additional_connection_limits = {\"shared one\" = 10, two = \"local:3\"}\n"
+	    "additional_message_rate_throttles = {global = \"4000/s\"}\n";
 	struct kumo_shaping *sh = load_str(text);
 	struct kumo_shaping_params p;
 
@@ -1015,6 +1018,20 @@ static void test_units_in_file(void **state)
 		assert_string_equal(p.extra[i].key, extras[i].key);
 		assert_string_equal(p.extra[i].value, extras[i].value);
 	}
+	kumo_shaping_free(sh);
+
+	/* secrets as tables are fine in single-label entries and providers */
+	const char *secrets = "[localhost]\nsmtp_auth_plain_password = {key_data = \"a\"}\n"
+			      "max_ready = 4\n"
+			      "[provider.relay]\nmatch = [{HostName = \"localhost\"}]\n"
+			      "tls_private_key = {vault_path = \"k\"}\n";
+	sh = load_str(secrets);
+	const char *lh[] = {"localhost"};
+	effective(sh, "LOCALHOST", lh, 1, NULL, &p);
+	assert_int_equal(p.max_ready, 4);
+	assert_string_equal(p.provider_name, "relay");
+	assert_string_equal(extra(&p, "smtp_auth_plain_password"), "{key_data = \"a\"}");
+	assert_string_equal(extra(&p, "tls_private_key"), "{vault_path = \"k\"}");
 	kumo_shaping_free(sh);
 
 	/* additional_* tables merge key by key across levels, as in KumoMTA */
@@ -1072,6 +1089,11 @@ static void test_malformed(void **state)
 	     "[provider.\"name\"] entry"},
 	    {"[\".\"]\nconnection_limit = 5\n", -EINVAL,
 	     "bad.toml:1: key '\".\"': empty domain name"},
+	    {"\n[\"a..\"]\nconnection_limit = 5\n", -EINVAL,
+	     "bad.toml:2: key '\"a..\"': invalid domain name: it ends with \"..\""},
+	    {"[provider.qq.com]\nconnection_limit = 4\n", -EINVAL,
+	     "bad.toml:1: key 'provider.qq.com': a table inside provider 'qq': quote names with "
+	     "dots in headers, as [provider.\"qq.com\"]"},
 	    /* enforced settings */
 	    {"[\"default\"]\nconnection_limit = \"ten\"\n", -EINVAL,
 	     "bad.toml:2: key 'default.connection_limit': \"ten\": expected a limit such as 10, "
@@ -1181,7 +1203,8 @@ static void test_malformed(void **state)
 	     -EINVAL,
 	     "bad.toml:2: key 'default.automation.regex': empty list: a rule needs at least one "
 	     "regex"},
-	    {"[[default.automation]]\nregex = [\"a\", 5]\nduration = \"1h\"\naction = \"Suspend\"\n",
+	    {"[[default.automation]]\nregex = [\"a\", 5]\nduration = \"1h\"\naction = "
+	     "\"Suspend\"\n",
 	     -EINVAL,
 	     "bad.toml:2: key 'default.automation.regex': expected a regular expression (a "
 	     "string or a list of strings), got integer"},

@@ -1,0 +1,142 @@
+"""Traffic shaping and egress on loopback: KumoMTA shaping files load, max_message_rate
+and connection_limit hold at a sink that counts arrivals and concurrent connections, and
+a pool of two egress sources sends from both chosen addresses."""
+import os
+import socket
+import subprocess
+import threading
+import time
+
+from conftest import BENCH, KUMOD, free_port
+
+COMPAT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "compat", "kumomta")
+
+
+class CountingSink:
+    """An SMTP sink on loopback recording, per accepted message, its arrival time and the
+    client's address, and the highest number of concurrent connections."""
+
+    def __init__(self, host="127.0.0.1"):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.arrivals, self.peers, self.helos = [], [], []
+        self.active = self.max_active = 0
+        threading.Thread(target=self.accept_loop, daemon=True).start()
+
+    def accept_loop(self):
+        while True:
+            try:
+                c, addr = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.session, args=(c, addr[0]), daemon=True).start()
+
+    def session(self, c, peer):
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        f = c.makefile("rb")
+        try:
+            c.sendall(b"220 sink ESMTP\r\n")
+            while True:
+                line = f.readline()
+                if not line:
+                    break
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    self.helos.append(line[5:].strip().decode())
+                    c.sendall(b"250-sink\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                elif verb == b"DATA":
+                    c.sendall(b"354 go\r\n")
+                    while f.readline() not in (b".\r\n", b""):
+                        pass
+                    with self.lock:
+                        self.arrivals.append(time.monotonic())
+                        self.peers.append(peer)
+                    c.sendall(b"250 2.0.0 ok\r\n")
+                elif verb == b"QUIT":
+                    c.sendall(b"221 bye\r\n")
+                    break
+                else:
+                    c.sendall(b"250 2.0.0 ok\r\n")
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.active -= 1
+            c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def inject(k, n, domain, size=2048, conns=20):
+    r = subprocess.run([BENCH, "inject", "--port", str(k.port), "-n", str(n), "-s", str(size),
+                        "-c", str(conns), "--domains", domain], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_compat_shaping_files_load(tmp_path):
+    cfg = tmp_path / "k.toml"
+    cfg.write_text('[shaping]\nfiles = ["%s", "%s"]\n' % (
+        os.path.join(COMPAT, "community-shaping.toml"),
+        os.path.join(COMPAT, "policy-extras-shaping.toml")))
+    r = subprocess.run([KUMOD, "--check-config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('["default"]\nconnection_limit = 10\nmax_message_rate = "fast"\n')
+    cfg.write_text('[shaping]\nfiles = ["%s"]\n' % bad)
+    r = subprocess.run([KUMOD, "--check-config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "%s:3:" % bad in r.stderr and "max_message_rate" in r.stderr, r.stderr
+
+
+def test_message_rate_and_connection_limit_hold(kumod, tmp_path):
+    sink = CountingSink()
+    shaping = tmp_path / "shaping.toml"
+    shaping.write_text('["rate.test"]\nmax_message_rate = "100/s"\nconnection_limit = 3\n')
+    k = kumod(threads=1, extra='[routing]\nsmart_host = "127.0.0.1:%d"\n'
+                                '[shaping]\nfiles = ["%s"]\n' % (sink.port, shaping))
+    inject(k, 3600, "rate.test")
+    t_end = time.monotonic() + 40
+    while time.monotonic() < t_end and len(sink.arrivals) < 3600:
+        time.sleep(0.5)
+    sink.close()
+    arr = sorted(sink.arrivals)
+    assert len(arr) >= 3300, len(arr)
+    # over 30 s of steady sending, the rate stays within 5% of 100/s
+    window = [t for t in arr if arr[0] + 2 <= t < arr[0] + 32]
+    assert 2850 <= len(window) <= 3150, "%d messages in 30 s" % len(window)
+    assert sink.max_active <= 3, sink.max_active
+
+
+def test_pool_sends_from_both_sources(kumod, tmp_path):
+    sink = CountingSink()
+    k = kumod(extra='[routing]\nsmart_host = "127.0.0.1:%d"\n'
+                    '[[egress_source]]\nname = "ip-2"\nsource_address = "127.0.0.2"\n'
+                    '[[egress_source]]\nname = "ip-3"\nsource_address = "127.0.0.3"\n'
+                    'ehlo_name = "three.test"\n'
+                    '[[egress_pool]]\nname = "pool-a"\n'
+                    'entries = [{name = "ip-2", weight = 1}, {name = "ip-3", weight = 1}]\n'
+                    '[egress]\ndefault_pool = "pool-a"\n' % sink.port)
+    inject(k, 200, "pool.test", conns=4)
+    t_end = time.monotonic() + 20
+    while time.monotonic() < t_end and len(sink.arrivals) < 200:
+        time.sleep(0.2)
+    sink.close()
+    assert len(sink.arrivals) == 200
+    assert set(sink.peers) == {"127.0.0.2", "127.0.0.3"}, set(sink.peers)
+    assert 60 <= sink.peers.count("127.0.0.2") <= 140
+    assert "three.test" in sink.helos
+    recs = k.wait_records(lambda r: r["type"] == "Delivery")
+    time.sleep(0.5)
+    recs = [r for r in k.records() if r["type"] == "Delivery"]
+    assert {r["egress_source"] for r in recs} == {"ip-2", "ip-3"}
+    assert {r["egress_pool"] for r in recs} == {"pool-a"}
+    for r in recs:
+        assert r["source_address"] == {"ip-2": "127.0.0.2", "ip-3": "127.0.0.3"}[r["egress_source"]]
