@@ -480,10 +480,133 @@ static int routing_section(struct ctx *x, const struct kumo_toml_value *root,
 	return 0;
 }
 
+static int shaping_section(struct ctx *x, const struct kumo_toml_value *root,
+			   struct kumod_config *c)
+{
+	static const char *const keys[] = {"files", NULL};
+	const struct kumo_toml_value *t = kumo_toml_get(root, "shaping");
+	int err;
+	if (!t)
+		return 0;
+	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
+		return fail(x, t, "shaping", "expected a table%s", "");
+	if ((err = only_keys(x, t, "shaping.", keys)) ||
+	    (err = get_string_array(x, t, "files", "shaping.files", c->shaping_files, 32,
+				    &c->engine.nshaping_files, NULL)))
+		return err;
+	c->engine.shaping_files = c->shaping_files;
+	return 0;
+}
+
+static int one_source(struct ctx *x, const struct kumo_toml_value *t, struct kumo_source_cfg *s)
+{
+	static const char *const keys[] = {"name", "source_address", "ehlo_name", NULL};
+	int err;
+	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
+		return fail(x, t, "egress_source", "expected [[egress_source]] tables%s", "");
+	if ((err = only_keys(x, t, "egress_source.", keys)) ||
+	    (err = get_string(x, t, "name", "egress_source.name", &s->name)) ||
+	    (err = get_string(x, t, "source_address", "egress_source.source_address",
+			      &s->source_address)) ||
+	    (err = get_string(x, t, "ehlo_name", "egress_source.ehlo_name", &s->ehlo_name)))
+		return err;
+	if (!s->name)
+		return fail(x, t, "egress_source.name", "missing%s", "");
+	if (s->source_address && kumo_cidr_check(s->source_address) < 0)
+		return fail(x, kumo_toml_get(t, "source_address"), "egress_source.source_address",
+			    "expected an IP address, got \"%s\"", s->source_address);
+	return 0;
+}
+
+static int one_pool(struct ctx *x, const struct kumo_toml_value *t, struct kumod_pool *p,
+		    const struct kumod_config *c)
+{
+	static const char *const keys[] = {"name", "entries", NULL};
+	int err;
+	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
+		return fail(x, t, "egress_pool", "expected [[egress_pool]] tables%s", "");
+	if ((err = only_keys(x, t, "egress_pool.", keys)) ||
+	    (err = get_string(x, t, "name", "egress_pool.name", &p->name)))
+		return err;
+	const struct kumo_toml_value *en = kumo_toml_get(t, "entries");
+	if (!p->name || !en || kumo_toml_type(en) != KUMO_TOML_ARRAY || !kumo_toml_count(en) ||
+	    kumo_toml_count(en) > 64)
+		return fail(x, en ? en : t, "egress_pool.entries",
+			    "expected name and entries = [{name = \"source\", weight = 1}, ...]%s",
+			    "");
+	for (size_t i = 0; i < kumo_toml_count(en); i++) {
+		const struct kumo_toml_value *e = kumo_toml_at(en, i);
+		const char *name = kumo_toml_string(kumo_toml_get(e, "name"), NULL);
+		long long w = 1;
+		if ((err = get_uint(x, e, "weight", "egress_pool.entries.weight", 1000000, &w)))
+			return err;
+		bool known = false;
+		for (size_t k = 0; name && k < c->nsources; k++)
+			known |= strcmp(c->sources[k].name, name) == 0;
+		if (!known)
+			return fail(x, e, "egress_pool.entries.name",
+				    "not the name of an [[egress_source]]: \"%s\"", name ? name : "");
+		p->entries[i] = (struct kumo_pool_entry){.source = name, .weight = (unsigned)w};
+	}
+	p->n = kumo_toml_count(en);
+	return 0;
+}
+
+static int egress_sections(struct ctx *x, const struct kumo_toml_value *root,
+			   struct kumod_config *c)
+{
+	const struct kumo_toml_value *a = kumo_toml_get(root, "egress_source");
+	int err;
+	for (size_t i = 0; a && i < kumo_toml_count(a) && i < 256; i++) {
+		if ((err = one_source(x, kumo_toml_at(a, i), &c->sources[i])))
+			return err;
+		c->nsources = i + 1;
+	}
+	a = kumo_toml_get(root, "egress_pool");
+	for (size_t i = 0; a && i < kumo_toml_count(a) && i < 64; i++) {
+		if ((err = one_pool(x, kumo_toml_at(a, i), &c->pools[i], c)))
+			return err;
+		c->npools = i + 1;
+	}
+	const struct kumo_toml_value *t = kumo_toml_get(root, "egress");
+	static const char *const keys[] = {"default_pool", "tenant_pools", NULL};
+	if (!t)
+		return 0;
+	if ((err = only_keys(x, t, "egress.", keys)))
+		return err;
+	const char *def = NULL;
+	if ((err = get_string(x, t, "default_pool", "egress.default_pool", &def)))
+		return err;
+	if (def) {
+		c->tenant_pools[0][0] = "";
+		c->tenant_pools[0][1] = def;
+		c->ntenant_pools = 1;
+	}
+	const struct kumo_toml_value *tp = kumo_toml_get(t, "tenant_pools");
+	for (size_t i = 0; tp && i < kumo_toml_count(tp) && c->ntenant_pools < 256; i++) {
+		const char *pool = kumo_toml_string(kumo_toml_at(tp, i), NULL);
+		if (!pool)
+			return fail(x, kumo_toml_at(tp, i), "egress.tenant_pools",
+				    "expected \"tenant\" = \"pool\"%s", "");
+		c->tenant_pools[c->ntenant_pools][0] = kumo_toml_key_at(tp, i);
+		c->tenant_pools[c->ntenant_pools++][1] = pool;
+	}
+	for (size_t i = 0; i < c->ntenant_pools; i++) {
+		bool known = false;
+		for (size_t k = 0; k < c->npools; k++)
+			known |= strcmp(c->pools[k].name, c->tenant_pools[i][1]) == 0;
+		if (!known)
+			return fail(x, t, "egress", "no [[egress_pool]] named \"%s\"",
+				    c->tenant_pools[i][1]);
+	}
+	return 0;
+}
+
 static int sections(struct ctx *x, const struct kumo_toml_value *root, struct kumod_config *c)
 {
 	static const char *const top[] = {"listener", "http", "spool", "log", "routing",
-					  "engine", "headers", "delivery", "dns", NULL};
+					  "engine", "headers", "delivery", "dns", "shaping",
+					  "egress_source", "egress_pool", "egress", NULL};
 	static const char *const path_key[] = {"path", NULL};
 	static const char *const http_keys[] = {"listen", NULL};
 	static const char *const header_keys[] = {"campaign", "tenant", NULL};
@@ -492,7 +615,8 @@ static int sections(struct ctx *x, const struct kumo_toml_value *root, struct ku
 	    (err = engine_section(x, root, &c->engine)) ||
 	    (err = string_section(x, root, "spool", path_key,
 				  (const char **[]){&c->engine.spool_path})) ||
-	    (err = log_section(x, root, &c->engine)) ||
+	    (err = log_section(x, root, &c->engine)) || (err = shaping_section(x, root, c)) ||
+	    (err = egress_sections(x, root, c)) ||
 	    (err = string_section(x, root, "http", http_keys, (const char **[]){&c->http_listen})) ||
 	    (err = routing_section(x, root, c)) || (err = delivery_section(x, root, &c->engine)) ||
 	    (err = dns_section(x, root, &c->engine)) ||

@@ -22,6 +22,17 @@ struct kumod_config {
 	const char *http_listen;   /* validated; served from a later version on */
 	const char *routes[256][2]; /* [routing.domains]: domain, "ip:port" */
 	size_t nroutes;
+	const char *shaping_files[32];
+	struct kumo_source_cfg sources[256];
+	size_t nsources;
+	struct kumod_pool {
+		const char *name;
+		struct kumo_pool_entry entries[64];
+		size_t n;
+	} pools[64];
+	size_t npools;
+	const char *tenant_pools[256][2]; /* tenant ("" = default), pool */
+	size_t ntenant_pools;
 	struct kumo_toml_doc *doc; /* owns every string above */
 };
 

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "config.h"
+#include "engine/shaping.h"
 #include "kumo/kumo.h"
 
 static void diag(void *arg, enum kumo_log_level level, const char *line)
@@ -57,6 +58,22 @@ static int add_listeners(struct kumo_engine *e, const struct kumod_config *c)
 	return 0;
 }
 
+static int add_egress(struct kumo_engine *e, const struct kumod_config *c)
+{
+	int err = 0;
+	for (size_t i = 0; i < c->nsources && !err; i++)
+		err = kumo_engine_add_source(e, &c->sources[i]);
+	for (size_t i = 0; i < c->npools && !err; i++)
+		err = kumo_engine_add_pool(e, c->pools[i].name, c->pools[i].entries, c->pools[i].n);
+	for (size_t i = 0; i < c->ntenant_pools && !err; i++)
+		err = kumo_engine_set_tenant_pool(e, *c->tenant_pools[i][0] ? c->tenant_pools[i][0]
+									  : NULL,
+						  c->tenant_pools[i][1]);
+	if (err < 0)
+		fprintf(stderr, "kumod: egress sources and pools: %s\n", strerror(-err));
+	return err;
+}
+
 static int run(struct kumod_config *c)
 {
 	struct kumo_engine *e;
@@ -78,6 +95,8 @@ static int run(struct kumod_config *c)
 	for (size_t i = 0; i < c->nroutes && err == 0; i++)
 		if ((err = kumo_engine_add_route(e, c->routes[i][0], c->routes[i][1])) < 0)
 			fprintf(stderr, "kumod: route %s: %s\n", c->routes[i][0], strerror(-err));
+	if (err == 0)
+		err = add_egress(e, c);
 	if (err < 0 || add_listeners(e, c) < 0 || (err = kumo_engine_start(e)) < 0) {
 		if (err < 0)
 			fprintf(stderr, "kumod: cannot start: %s\n", strerror(-err));
@@ -144,6 +163,16 @@ int main(int argc, char **argv)
 	if (rc < 0) {
 		fprintf(stderr, "kumod: %s\n", err);
 		return 1;
+	}
+	if (check && c.engine.nshaping_files) {
+		struct kumo_shaping *sh;
+		if (kumo_shaping_load(c.engine.shaping_files, c.engine.nshaping_files, &sh, err,
+				      sizeof(err)) < 0) {
+			fprintf(stderr, "kumod: %s\n", err);
+			kumod_config_free(&c);
+			return 1;
+		}
+		kumo_shaping_free(sh);
 	}
 	if (check) {
 		printf("%s: OK\n", check);

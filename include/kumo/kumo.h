@@ -58,6 +58,9 @@ struct kumo_engine_cfg {
 	uint32_t idle_timeout_ms;    /* an idle outbound connection closes: 60 s */
 	uint32_t connect_timeout_ms; /* TCP connect to one address: 60 s */
 	const char *ehlo_name;       /* EHLO name for delivery; NULL = hostname */
+	/* Traffic shaping: KumoMTA shaping.toml files, merged in order (overlays last). */
+	const char *const *shaping_files;
+	size_t nshaping_files;
 
 	/* Log segments (with log_path). Zero fields take the default after them. */
 	uint64_t log_max_segment_bytes; /* rotate after: 1 GiB */
@@ -128,6 +131,26 @@ int kumo_txn_set_meta(struct kumo_txn *txn, const char *key, const char *value);
 /* Routes a recipient domain to a fixed host ("ip:port") instead of its MX hosts. Call
  * before start(). */
 int kumo_engine_add_route(struct kumo_engine *e, const char *domain, const char *host_port);
+
+/* Egress sources and pools. A source is a local address to send from and its EHLO name;
+ * a pool is a weighted list of sources, chosen by smooth weighted round robin. Messages
+ * of a tenant go through the tenant's pool, others through the default pool; without any
+ * pool, connections use the system's choice of address. Ready queues are per source and
+ * site ("source->site"). Call before start(). */
+struct kumo_source_cfg {
+	const char *name;
+	const char *source_address;  /* "127.0.0.2" or "::1"; NULL = the system's choice */
+	const char *ehlo_name;       /* NULL = the engine's EHLO name */
+};
+struct kumo_pool_entry {
+	const char *source;
+	unsigned weight;             /* 0 counts as 1 */
+};
+int kumo_engine_add_source(struct kumo_engine *e, const struct kumo_source_cfg *cfg);
+int kumo_engine_add_pool(struct kumo_engine *e, const char *name,
+			 const struct kumo_pool_entry *entries, size_t n);
+/* tenant NULL sets the default pool. */
+int kumo_engine_set_tenant_pool(struct kumo_engine *e, const char *tenant, const char *pool);
 
 /* Engine life cycle. new() opens the spool and recovers it (blocking; logs count and
  * rate). start() spawns the loop threads; stop() asks them to finish gracefully and may be

@@ -5,6 +5,7 @@
 #include "engine/internal.h"
 
 #include <arpa/inet.h>
+#include <netinet/tcp.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "engine/dns.h"
+#include "engine/shaping.h"
 #include "proto/dsn.h"
 #include "proto/smtp_client.h"
 
@@ -60,6 +62,7 @@ struct kumo_oconn {
 	bool txn_open;           /* sent, and its TXN_DONE not seen yet */
 	char peer_name[256];
 	char peer_addr[48];
+	char local_addr[48];
 };
 
 struct kumo_delivery {
@@ -70,6 +73,7 @@ struct kumo_delivery {
 	struct kumo_smtp_client_cfg ccfg;
 	uint32_t smart_site;
 	uint32_t *route_sites;   /* per engine route */
+	int64_t **wrr;           /* per pool: smooth weighted round robin state */
 	struct kumo_buf dsn;
 	uint64_t dsn_seq;
 	bool stopping;
@@ -181,6 +185,206 @@ static int hosts_from_mx(const struct kumo_mx_result *r, uint16_t port,
 	return 0;
 }
 
+/* ---- shaping and egress ---------------------------------------------------------- */
+
+/* A GCRA for rate r shared by nloops loops: emission interval and burst tolerance. */
+static void gcra_setup(const struct kumo_shaping_rate *r, unsigned nloops, double *T,
+		       double *tau)
+{
+	if (!r->count || !r->period_ms) {
+		*T = *tau = 0;
+		return;
+	}
+	double per_loop = (double)r->count / nloops;
+	*T = (double)r->period_ms / per_loop;
+	uint64_t burst = r->burst ? r->burst : r->count; /* KumoMTA: the burst is the count */
+	double b = (double)burst / nloops;
+	*tau = b > 1 ? *T * (b - 1) : 0;
+}
+
+/* 0 when an event may happen now, else the milliseconds to wait. */
+static uint64_t gcra_wait(double T, double tau, double tat, double now)
+{
+	if (T == 0 || now >= tat - tau)
+		return 0;
+	return (uint64_t)(tat - tau - now) + 1;
+}
+
+static void gcra_take(double T, double *tat, double now)
+{
+	if (T != 0)
+		*tat = (*tat > now ? *tat : now) + T;
+}
+
+/* Computes a site's limits from the shaping files (or the engine's settings). */
+static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
+{
+	struct kumo_loop *l = d->l;
+	struct kumo_site *s = &l->queues.sites[si];
+	unsigned nloops = l->e->nloops ? l->e->nloops : 1;
+	s->shaped = true;
+	s->conn_limit = d->conn_limit;
+	s->max_deliveries = d->max_deliveries;
+	s->idle_ms = d->idle_ms;
+	s->msg_T = s->msg_tau = s->conn_T = s->conn_tau = 0;
+	if (!l->e->shaping || !domain || !*domain)
+		return;
+	const char *hosts[32];
+	size_t n = 0;
+	for (size_t i = 0; i < s->nhosts && n < 32; i++)
+		hosts[n++] = s->hosts[i].name;
+	const char *src = s->source != KUMO_NONE ? l->e->sources[s->source].name : NULL;
+	struct kumo_shaping_params p;
+	if (kumo_shaping_effective(l->e->shaping, domain, hosts, n, src, &p) < 0)
+		return;
+	if (p.set & (1u << KUMO_SHAPING_F_CONNECTION_LIMIT))
+		s->conn_limit = (unsigned)((p.connection_limit.limit + nloops - 1) / nloops);
+	if (p.nproviders && p.providers[0].connection_limit.limit) {
+		unsigned pl = (unsigned)((p.providers[0].connection_limit.limit + nloops - 1) /
+					 nloops);
+		s->conn_limit = pl < s->conn_limit ? pl : s->conn_limit;
+	}
+	if (s->conn_limit == 0)
+		s->conn_limit = 1;
+	if (p.set & (1u << KUMO_SHAPING_F_MAX_DELIVERIES_PER_CONNECTION))
+		s->max_deliveries = (unsigned)p.max_deliveries_per_connection;
+	if (p.set & (1u << KUMO_SHAPING_F_IDLE_TIMEOUT))
+		s->idle_ms = p.idle_timeout_ms;
+	struct kumo_shaping_rate mr = p.max_message_rate;
+	if (p.nproviders && p.providers[0].max_message_rate.count &&
+	    (!mr.count || (double)p.providers[0].max_message_rate.count /
+				      (double)p.providers[0].max_message_rate.period_ms <
+			      (double)mr.count / (double)mr.period_ms))
+		mr = p.providers[0].max_message_rate;
+	gcra_setup(&mr, nloops, &s->msg_T, &s->msg_tau);
+	gcra_setup(&p.max_connection_rate, nloops, &s->conn_T, &s->conn_tau);
+}
+
+/* The tenant part of a queue name "campaign:tenant@domain", or "" when there is none. */
+static size_t queue_tenant(const char *qname, const char **tenant)
+{
+	const char *at = strrchr(qname, '@'), *colon = strchr(qname, ':');
+	const char *start = colon && (!at || colon < at) ? colon + 1 : qname;
+	*tenant = start;
+	return at ? (size_t)(at - start) : 0;
+}
+
+/* The egress pool of a queue: its tenant's, else the default; -1 without pools. */
+static int queue_pool(const struct kumo_delivery *d, const struct kumo_queue *q)
+{
+	const struct kumo_engine *e = d->l->e;
+	const char *t;
+	size_t tl = queue_tenant(q->name, &t);
+	int def = -1;
+	for (size_t i = 0; i < e->ntenant_pools; i++) {
+		const char *name = e->tenant_pools[i].tenant;
+		if (!name)
+			def = (int)e->tenant_pools[i].pool;
+		else if (tl && strlen(name) == tl && strncmp(name, t, tl) == 0)
+			return (int)e->tenant_pools[i].pool;
+	}
+	return def >= 0 ? def : e->npools ? 0 : -1;
+}
+
+/* Smooth weighted round robin over the pool's sources. */
+static uint32_t pick_source(struct kumo_delivery *d, int pool)
+{
+	const struct kumo_pool *p = &d->l->e->pools[pool];
+	int64_t *cur = d->wrr[pool], total = 0;
+	size_t best = 0;
+	for (size_t i = 0; i < p->n; i++) {
+		cur[i] += p->weights[i];
+		total += p->weights[i];
+		if (cur[i] > cur[best])
+			best = i;
+	}
+	cur[best] -= total;
+	return p->sources[best];
+}
+
+static int copy_hosts(const struct kumo_site *from, struct kumo_site_host **out)
+{
+	struct kumo_site_host *h = calloc(from->nhosts ? from->nhosts : 1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	for (size_t i = 0; i < from->nhosts; i++) {
+		h[i].name = strdup(from->hosts[i].name ? from->hosts[i].name : "");
+		h[i].addrs = malloc((from->hosts[i].naddrs ? from->hosts[i].naddrs : 1) *
+				    sizeof(*h[i].addrs));
+		if (h[i].addrs)
+			memcpy(h[i].addrs, from->hosts[i].addrs,
+			       from->hosts[i].naddrs * sizeof(*h[i].addrs));
+		h[i].naddrs = h[i].name && h[i].addrs ? from->hosts[i].naddrs : 0;
+	}
+	*out = h;
+	return 0;
+}
+
+/* The ready queue for messages of queue q going to base site b: "source->site" when the
+ * queue has an egress pool, else b itself. KUMO_NONE on ENOMEM. */
+static uint32_t ready_site(struct kumo_delivery *d, uint32_t b, const struct kumo_queue *q)
+{
+	struct kumo_queues *qs = &d->l->queues;
+	int pool = queue_pool(d, q);
+	if (pool < 0) {
+		if (!qs->sites[b].shaped)
+			shape_site(d, b, q->domain);
+		return b;
+	}
+	uint32_t src = pick_source(d, pool);
+	char name[600];
+	snprintf(name, sizeof(name), "%s->%s", d->l->e->sources[src].name, qs->sites[b].name);
+	uint32_t si = kumo_site_intern(qs, name);
+	if (si == KUMO_NONE)
+		return si;
+	struct kumo_site *s = &qs->sites[si];
+	if (!s->shaped) {
+		struct kumo_site_host *h;
+		if (copy_hosts(&qs->sites[b], &h) < 0)
+			return KUMO_NONE;
+		kumo_site_set_hosts(s, h, qs->sites[b].nhosts);
+		s->source = src;
+		s->base = b;
+		shape_site(d, si, q->domain);
+	}
+	return si;
+}
+
+/* New hosts for base site b reach the source sites built on it. */
+static void refresh_source_sites(struct kumo_delivery *d, uint32_t b)
+{
+	struct kumo_queues *qs = &d->l->queues;
+	for (uint32_t i = 0; i < qs->nsites; i++) {
+		struct kumo_site_host *h;
+		if (i != b && qs->sites[i].base == b && copy_hosts(&qs->sites[b], &h) == 0)
+			kumo_site_set_hosts(&qs->sites[i], h, qs->sites[b].nhosts);
+	}
+}
+
+static void site_timer(struct kumo_delivery *d, uint32_t si, uint64_t wait_ms)
+{
+	struct kumo_site *s = &d->l->queues.sites[si];
+	if (s->timer_armed)
+		return;
+	s->timer_armed = true;
+	struct __kernel_timespec ts = {.tv_sec = (long long)(wait_ms / 1000),
+				       .tv_nsec = (long long)(wait_ms % 1000) * 1000000};
+	struct io_uring_sqe *sqe = kumo_loop_sqe(d->l);
+	io_uring_prep_timeout(sqe, &ts, 0, 0);
+	io_uring_sqe_set_data64(sqe, kumo_ud(KUMO_OP_STIMER, 0, si));
+	io_uring_submit(&d->l->ring); /* the timespec lives on this stack */
+}
+
+void kumo_delivery_timer_done(struct kumo_loop *l, uint64_t ud)
+{
+	struct kumo_delivery *d = l->dlv;
+	uint32_t si = kumo_ud_slot(ud);
+	if (!d || si >= l->queues.nsites)
+		return;
+	l->queues.sites[si].timer_armed = false;
+	site_kick(d, si);
+}
+
 /* The site a queue's messages go to without DNS (smart host or route), or KUMO_NONE. */
 static uint32_t fixed_route(struct kumo_delivery *d, const struct kumo_queue *q)
 {
@@ -213,8 +417,15 @@ static void log_outcome(struct kumo_delivery *d, uint32_t m, const struct kumo_e
 	const struct kumo_qmsg *msg = &l->queues.msgs[m];
 	const struct kumo_queue *q = &l->queues.queues[msg->queue];
 	const char *site = q->site != KUMO_NONE ? l->queues.sites[q->site].name : "";
-	if (oc)
-		site = l->queues.sites[oc->site].name;
+	const char *source = NULL, *pool_name = NULL;
+	if (oc) {
+		const struct kumo_site *os = &l->queues.sites[oc->site];
+		site = l->queues.sites[os->base].name;
+		source = os->source != KUMO_NONE ? l->e->sources[os->source].name : NULL;
+	}
+	int pool = queue_pool(d, q);
+	if (pool >= 0)
+		pool_name = l->e->pools[pool].name;
 	struct kumo_log_fields f = {
 		.type = type, .id = &msg->id, .sender = env ? env->sender : NULL,
 		.recipient = rcpt, .queue = q->name, .size = size, .code = o->code,
@@ -223,7 +434,8 @@ static void log_outcome(struct kumo_delivery *d, uint32_t m, const struct kumo_e
 		.peer_addr = oc ? oc->peer_addr : "", .peer_name = oc ? oc->peer_name : "",
 		.created_ms = kumo_id_ms(&msg->id), .meta = env ? env->meta : NULL,
 		.nmeta = env ? env->nmeta : 0, .site = site, .num_attempts = msg->attempts + 1u,
-		.delivery = true};
+		.delivery = true, .egress_source = source, .egress_pool = pool_name,
+		.source_address = oc ? oc->local_addr : NULL};
 	kumo_log_record(l, &f);
 }
 
@@ -485,25 +697,39 @@ static void mx_resolved(const struct kumo_mx_result *r, void *arg)
 		struct kumo_site_host *hosts;
 		if (r->status == KUMO_DNS_OK && hosts_from_mx(r, d->mx_port, &hosts) == 0) {
 			site = kumo_site_intern(&l->queues, r->site);
-			if (site != KUMO_NONE)
+			if (site != KUMO_NONE) {
 				kumo_site_set_hosts(&l->queues.sites[site], hosts, r->nhosts);
+				refresh_source_sites(d, site);
+			}
 			q = &l->queues.queues[i];
 			q->site = site;
 			q->site_expires_ms = l->now_ms + SITE_TTL_MS;
 		}
 		struct outcome temp = {.code = 451, .enhanced = "4.4.3", .text = r->error};
-		uint32_t m;
+		uint32_t m, kick[8];
+		size_t nkick = 0;
 		while ((m = kumo_list_pop(&l->queues, &l->queues.queues[i].parked_head,
 					  &l->queues.queues[i].parked_tail)) != KUMO_NONE) {
-			if (site != KUMO_NONE)
-				ready_push(d, site, m);
+			uint32_t rs = site != KUMO_NONE ? ready_site(d, site, &l->queues.queues[i])
+							 : KUMO_NONE;
+			if (rs != KUMO_NONE) {
+				ready_push(d, rs, m);
+				bool seen = false;
+				for (size_t k = 0; k < nkick; k++)
+					seen |= kick[k] == rs;
+				if (!seen && nkick < 8)
+					kick[nkick++] = rs;
+				else if (!seen)
+					site_kick(d, rs);
+			} else if (site != KUMO_NONE)
+				defer_cheap(d, m, &temp);
 			else if (r->status == KUMO_DNS_TEMP || r->status == KUMO_DNS_OK)
 				defer_cheap(d, m, &temp);
 			else
 				perm_dns_failure(d, m, r);
 		}
-		if (site != KUMO_NONE)
-			site_kick(d, site);
+		for (size_t k = 0; k < nkick; k++)
+			site_kick(d, kick[k]);
 	}
 	(void)qi;
 }
@@ -516,6 +742,8 @@ static void make_due(struct kumo_delivery *d, uint32_t m)
 	uint32_t site = fixed_route(d, q);
 	if (site == KUMO_NONE && q->site != KUMO_NONE && l->now_ms < q->site_expires_ms)
 		site = q->site;
+	if (site != KUMO_NONE)
+		site = ready_site(d, site, q);
 	if (site != KUMO_NONE) {
 		ready_push(d, site, m);
 		site_kick(d, site);
@@ -658,6 +886,20 @@ static int oc_connect(struct kumo_delivery *d, struct kumo_oconn *oc)
 	oc->fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (oc->fd < 0)
 		return -errno;
+	int one = 1; /* commands and data leave in whole writes: no Nagle delay */
+	setsockopt(oc->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (s->source != KUMO_NONE) {
+		const struct kumo_source *src = &d->l->e->sources[s->source];
+		socklen_t len = src->addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+								: sizeof(struct sockaddr_in);
+		if (src->addr.ss_family && src->addr.ss_family == ss->ss_family &&
+		    bind(oc->fd, (const struct sockaddr *)&src->addr, len) < 0) {
+			int err = -errno;
+			close(oc->fd);
+			oc->fd = -1;
+			return err;
+		}
+	}
 	oc->since_ms = d->l->now_ms;
 	oc->state = OC_CONNECTING;
 	struct io_uring_sqe *sqe = kumo_loop_sqe(d->l);
@@ -705,7 +947,13 @@ static void oc_open(struct kumo_delivery *d, uint32_t site)
 static void site_kick(struct kumo_delivery *d, uint32_t site)
 {
 	struct kumo_site *s = &d->l->queues.sites[site];
+	double now = (double)d->l->now_ms;
 	while (s->nready && !d->stopping) {
+		uint64_t wait = gcra_wait(s->msg_T, s->msg_tau, s->msg_tat, now);
+		if (wait) {
+			site_timer(d, site, wait);
+			break;
+		}
 		if (s->idle_head != KUMO_NONE) {
 			struct kumo_oconn *oc = &d->oc[s->idle_head];
 			s->idle_head = oc->idle_next;
@@ -714,8 +962,13 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 			s = &d->l->queues.sites[site];
 			continue;
 		}
-		if (s->nconns >= d->conn_limit || s->nconnecting >= s->nready)
+		if (s->nconns >= s->conn_limit || s->nconnecting >= s->nready)
 			break;
+		if ((wait = gcra_wait(s->conn_T, s->conn_tau, s->conn_tat, now))) {
+			site_timer(d, site, wait);
+			break;
+		}
+		gcra_take(s->conn_T, &s->conn_tat, now);
 		oc_open(d, site);
 		s = &d->l->queues.sites[site];
 	}
@@ -747,8 +1000,14 @@ static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc)
 {
 	struct kumo_loop *l = d->l;
 	struct kumo_site *s = &l->queues.sites[oc->site];
-	uint32_t m = d->stopping ? KUMO_NONE
-				 : kumo_list_pop(&l->queues, &s->ready_head, &s->ready_tail);
+	double now = (double)l->now_ms;
+	uint64_t wait = gcra_wait(s->msg_T, s->msg_tau, s->msg_tat, now);
+	if (wait && s->nready)
+		site_timer(d, oc->site, wait);
+	uint32_t m = d->stopping || wait ? KUMO_NONE
+					 : kumo_list_pop(&l->queues, &s->ready_head, &s->ready_tail);
+	if (m != KUMO_NONE)
+		gcra_take(s->msg_T, &s->msg_tat, now);
 	if (m == KUMO_NONE) {
 		oc->state = OC_IDLE;
 		oc->since_ms = l->now_ms;
@@ -971,7 +1230,7 @@ static void on_ready(struct kumo_delivery *d, struct kumo_oconn *oc)
 		if (oc->msg != KUMO_NONE)
 			return;
 	}
-	if (oc->deliveries >= d->max_deliveries || d->stopping) {
+	if (oc->deliveries >= s->max_deliveries || d->stopping) {
 		oc->state = OC_QUITTING;
 		kumo_smtp_client_quit(oc->sm);
 		return;
@@ -1057,7 +1316,20 @@ static void connect_done(struct kumo_delivery *d, struct kumo_oconn *oc, int res
 		oc_close(d, oc);
 		return;
 	}
-	if (kumo_smtp_client_new(&d->ccfg, d->l->now_ms, &oc->sm) < 0) {
+	struct sockaddr_storage local;
+	socklen_t ll = sizeof(local);
+	oc->local_addr[0] = 0;
+	if (getsockname(oc->fd, (struct sockaddr *)&local, &ll) == 0)
+		inet_ntop(local.ss_family,
+			  local.ss_family == AF_INET
+				  ? (const void *)&((struct sockaddr_in *)&local)->sin_addr
+				  : (const void *)&((struct sockaddr_in6 *)&local)->sin6_addr,
+			  oc->local_addr, sizeof(oc->local_addr));
+	struct kumo_smtp_client_cfg cc = d->ccfg;
+	const struct kumo_site *s = &d->l->queues.sites[oc->site];
+	if (s->source != KUMO_NONE && d->l->e->sources[s->source].ehlo_name)
+		cc.ehlo_name = d->l->e->sources[s->source].ehlo_name;
+	if (kumo_smtp_client_new(&cc, d->l->now_ms, &oc->sm) < 0) {
 		oc_close(d, oc);
 		return;
 	}
@@ -1129,7 +1401,8 @@ static void oc_tick(struct kumo_delivery *d, struct kumo_oconn *oc)
 		shutdown(oc->fd, SHUT_RDWR); /* the connect completes with an error */
 		return;
 	}
-	if (oc->state == OC_IDLE && (now - oc->since_ms >= d->idle_ms || d->stopping)) {
+	uint64_t idle_ms = d->l->queues.sites[oc->site].idle_ms;
+	if (oc->state == OC_IDLE && (now - oc->since_ms >= idle_ms || d->stopping)) {
 		site_remove_idle(d, oc);
 		oc->state = OC_QUITTING;
 		kumo_smtp_client_quit(oc->sm);
@@ -1214,8 +1487,12 @@ static int fixed_sites(struct kumo_delivery *d)
 	if (e->cfg.smart_host && (d->smart_site = fixed_site(d, e->cfg.smart_host)) == KUMO_NONE)
 		return -EINVAL;
 	d->route_sites = calloc(e->nroutes ? e->nroutes : 1, sizeof(uint32_t));
-	if (!d->route_sites)
+	d->wrr = calloc(e->npools ? e->npools : 1, sizeof(*d->wrr));
+	if (!d->route_sites || !d->wrr)
 		return -ENOMEM;
+	for (size_t i = 0; i < e->npools; i++)
+		if (!(d->wrr[i] = calloc(e->pools[i].n, sizeof(int64_t))))
+			return -ENOMEM;
 	for (size_t i = 0; i < e->nroutes; i++)
 		if ((d->route_sites[i] = fixed_site(d, e->routes[i].host_port)) == KUMO_NONE)
 			return -EINVAL;
@@ -1268,6 +1545,9 @@ void kumo_delivery_fini(struct kumo_loop *l)
 	}
 	free(d->oc);
 	free(d->route_sites);
+	for (size_t i = 0; d->wrr && i < l->e->npools; i++)
+		free(d->wrr[i]);
+	free(d->wrr);
 	kumo_buf_free(&d->dsn);
 	if (d->dns)
 		kumo_dns_free(d->dns);

@@ -1,6 +1,7 @@
 /* The embedding surface (include/kumo/kumo.h): engine creation with spool recovery,
  * listeners, policy, threads (one loop each), graceful stop, injection from code. */
 #include "engine/internal.h"
+#include "engine/shaping.h"
 
 #include <errno.h>
 #include <dirent.h>
@@ -144,6 +145,17 @@ int kumo_engine_new(const struct kumo_engine_cfg *cfg, struct kumo_engine **out)
 		return -ENOMEM;
 	if ((err = copy_cfg(e, cfg)) < 0)
 		goto out_free;
+	if (cfg->nshaping_files) {
+		char msg[512];
+		err = kumo_shaping_load(cfg->shaping_files, cfg->nshaping_files, &e->shaping, msg,
+					sizeof(msg));
+		if (err < 0) {
+			kumo_elog(e, KUMO_LOG_ERROR, "shaping: %s", msg);
+			goto out_free;
+		}
+	}
+	e->cfg.shaping_files = NULL;
+	e->cfg.nshaping_files = 0;
 	long cores = sysconf(_SC_NPROCESSORS_ONLN);
 	e->nloops = cfg->threads ? cfg->threads : (unsigned)(cores > 0 ? cores : 1);
 	if (mkdir(e->spool_path, 0750) < 0 && errno != EEXIST) {
@@ -320,6 +332,97 @@ int kumo_engine_add_route(struct kumo_engine *e, const char *domain, const char 
 	return 0;
 }
 
+static int find_source(const struct kumo_engine *e, const char *name)
+{
+	for (size_t i = 0; i < e->nsources; i++)
+		if (strcmp(e->sources[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+static int find_pool(const struct kumo_engine *e, const char *name)
+{
+	for (size_t i = 0; i < e->npools; i++)
+		if (strcmp(e->pools[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+int kumo_engine_add_source(struct kumo_engine *e, const struct kumo_source_cfg *cfg)
+{
+	if (e->started || !cfg || !cfg->name || !*cfg->name || find_source(e, cfg->name) >= 0)
+		return -EINVAL;
+	struct kumo_source src = {0};
+	if (cfg->source_address) {
+		struct sockaddr_in *in = (struct sockaddr_in *)&src.addr;
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&src.addr;
+		if (inet_pton(AF_INET, cfg->source_address, &in->sin_addr) == 1)
+			in->sin_family = AF_INET;
+		else if (inet_pton(AF_INET6, cfg->source_address, &in6->sin6_addr) == 1)
+			in6->sin6_family = AF_INET6;
+		else
+			return -EINVAL;
+	}
+	struct kumo_source *a = realloc(e->sources, (e->nsources + 1) * sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	e->sources = a;
+	src.name = strdup(cfg->name);
+	src.ehlo_name = cfg->ehlo_name ? strdup(cfg->ehlo_name) : NULL;
+	if (!src.name || (cfg->ehlo_name && !src.ehlo_name)) {
+		free(src.name);
+		free(src.ehlo_name);
+		return -ENOMEM;
+	}
+	a[e->nsources++] = src;
+	return 0;
+}
+
+int kumo_engine_add_pool(struct kumo_engine *e, const char *name,
+			 const struct kumo_pool_entry *entries, size_t n)
+{
+	if (e->started || !name || !n || find_pool(e, name) >= 0)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++)
+		if (!entries[i].source || find_source(e, entries[i].source) < 0)
+			return -ENOENT;
+	struct kumo_pool *a = realloc(e->pools, (e->npools + 1) * sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	e->pools = a;
+	struct kumo_pool p = {.name = strdup(name), .sources = calloc(n, sizeof(uint32_t)),
+			      .weights = calloc(n, sizeof(unsigned)), .n = n};
+	if (!p.name || !p.sources || !p.weights) {
+		free(p.name);
+		free(p.sources);
+		free(p.weights);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++) {
+		p.sources[i] = (uint32_t)find_source(e, entries[i].source);
+		p.weights[i] = entries[i].weight ? entries[i].weight : 1;
+	}
+	a[e->npools++] = p;
+	return 0;
+}
+
+int kumo_engine_set_tenant_pool(struct kumo_engine *e, const char *tenant, const char *pool)
+{
+	int pi = pool ? find_pool(e, pool) : -1;
+	if (e->started || pi < 0)
+		return -ENOENT;
+	struct kumo_tenant_pool *a =
+		realloc(e->tenant_pools, (e->ntenant_pools + 1) * sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	e->tenant_pools = a;
+	a[e->ntenant_pools].tenant = tenant ? strdup(tenant) : NULL;
+	if (tenant && !a[e->ntenant_pools].tenant)
+		return -ENOMEM;
+	a[e->ntenant_pools++].pool = (uint32_t)pi;
+	return 0;
+}
+
 int kumo_engine_set_policy(struct kumo_engine *e, const struct kumo_policy *p, void *arg)
 {
 	if (e->started)
@@ -430,6 +533,21 @@ void kumo_engine_free(struct kumo_engine *e)
 		free(e->routes[i].host_port);
 	}
 	free(e->routes);
+	for (size_t i = 0; i < e->nsources; i++) {
+		free(e->sources[i].name);
+		free(e->sources[i].ehlo_name);
+	}
+	free(e->sources);
+	for (size_t i = 0; i < e->npools; i++) {
+		free(e->pools[i].name);
+		free(e->pools[i].sources);
+		free(e->pools[i].weights);
+	}
+	free(e->pools);
+	for (size_t i = 0; i < e->ntenant_pools; i++)
+		free(e->tenant_pools[i].tenant);
+	free(e->tenant_pools);
+	kumo_shaping_free(e->shaping);
 	free(e->spool_path);
 	free(e->log_path);
 	free(e->hostname);

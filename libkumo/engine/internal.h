@@ -38,6 +38,7 @@ enum kumo_op {
 	KUMO_OP_OSEND,
 	KUMO_OP_OREAD,      /* reading a message record from the spool */
 	KUMO_OP_DNS,        /* c-ares socket polls: the low 56 bits are the resolver's */
+	KUMO_OP_STIMER,     /* a site's shaping timer: slot = site index */
 };
 
 static inline uint64_t kumo_ud(enum kumo_op op, uint32_t gen, uint32_t slot)
@@ -211,6 +212,26 @@ struct kumo_route {
 	char *host_port;
 };
 
+struct kumo_source {
+	char *name;
+	char *ehlo_name;
+	struct sockaddr_storage addr; /* ss_family 0: the system's choice */
+};
+
+struct kumo_pool {
+	char *name;
+	uint32_t *sources;      /* indexes into kumo_engine.sources */
+	unsigned *weights;
+	size_t n;
+};
+
+struct kumo_tenant_pool {
+	char *tenant;           /* NULL: the default pool */
+	uint32_t pool;
+};
+
+struct kumo_shaping;
+
 struct kumo_engine {
 	struct kumo_engine_cfg cfg;
 	char *spool_path, *log_path, *hostname, *nodeid, *campaign_header, *tenant_header;
@@ -221,6 +242,13 @@ struct kumo_engine {
 	void *policy_arg;
 	struct kumo_route *routes;
 	size_t nroutes;
+	struct kumo_source *sources;
+	size_t nsources;
+	struct kumo_pool *pools;
+	size_t npools;
+	struct kumo_tenant_pool *tenant_pools;
+	size_t ntenant_pools;
+	struct kumo_shaping *shaping; /* read-only once loops run */
 	struct kumo_loop *loops;
 	unsigned nloops;
 	bool started;
@@ -313,6 +341,8 @@ struct kumo_log_fields {
 	const char *site;
 	unsigned num_attempts;
 	bool delivery;          /* egress fields and delivery_protocol are filled */
+	const char *egress_source, *egress_pool; /* NULL: "unspecified" */
+	const char *source_address; /* local address of the connection, or NULL */
 };
 void kumo_log_record(struct kumo_loop *l, const struct kumo_log_fields *f);
 

@@ -454,14 +454,18 @@ void kumo_log_record(struct kumo_loop *l, const struct kumo_log_fields *f)
 	kumo_json_str(&j, "Uncategorized");
 	kumo_json_key(&j, "egress_pool");
 	if (f->delivery)
-		kumo_json_str(&j, "unspecified");
+		kumo_json_str(&j, f->egress_pool ? f->egress_pool : "unspecified");
 	else
 		kumo_json_null(&j);
 	kumo_json_key(&j, "egress_source");
 	if (f->delivery)
-		kumo_json_str(&j, "unspecified");
+		kumo_json_str(&j, f->egress_source ? f->egress_source : "unspecified");
 	else
 		kumo_json_null(&j);
+	if (f->source_address && *f->source_address) {
+		kumo_json_key(&j, "source_address");
+		kumo_json_str(&j, f->source_address);
+	}
 	kumo_json_key(&j, "feedback_report");
 	kumo_json_null(&j);
 	meta(&j, f);

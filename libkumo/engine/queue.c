@@ -157,6 +157,8 @@ uint32_t kumo_site_intern(struct kumo_queues *q, const char *name)
 	if (!(s->name = strdup(name)))
 		return KUMO_NONE;
 	s->ready_head = s->ready_tail = s->idle_head = KUMO_NONE;
+	s->source = KUMO_NONE;
+	s->base = q->nsites;
 	uint32_t h = hash_name(name) & (q->nsbuckets - 1);
 	s->hnext = q->sbuckets[h];
 	q->sbuckets[h] = q->nsites;

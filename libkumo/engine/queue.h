@@ -54,6 +54,16 @@ struct kumo_site {
 	uint32_t idle_head;     /* idle outbound connections (oconn indexes) */
 	uint32_t hnext;
 	unsigned next_host;     /* rotates the first host tried by new connections */
+	uint32_t source;        /* egress source (engine index), KUMO_NONE: the system's */
+	uint32_t base;          /* the MX or smart-host site these hosts come from */
+	/* shaping, for this loop's share of the limits */
+	bool shaped;
+	bool timer_armed;
+	unsigned conn_limit;
+	unsigned max_deliveries;
+	uint64_t idle_ms;
+	double msg_T, msg_tau, msg_tat;    /* GCRA for messages: interval, tolerance, TAT (ms) */
+	double conn_T, conn_tau, conn_tat; /* GCRA for new connections */
 };
 
 struct kumo_queue {

@@ -4,6 +4,7 @@
 #include "engine/internal.h"
 
 #include <arpa/inet.h>
+#include <netinet/tcp.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -547,6 +548,8 @@ static int conn_init(struct kumo_loop *l, struct kumo_conn *c, unsigned li, int 
 {
 	c->lst = &l->e->listeners[li];
 	c->fd = fd;
+	int one = 1; /* replies leave in whole writes: no Nagle delay */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (!c->rbuf && !(c->rbuf = malloc(KUMO_RBUF_SIZE)))
 		return -ENOMEM;
 	c->rpos = c->rlen = 0;

@@ -36,6 +36,7 @@ class CountingSink:
             threading.Thread(target=self.session, args=(c, addr[0]), daemon=True).start()
 
     def session(self, c, peer):
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.lock:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
