@@ -19,6 +19,8 @@ max_messages_per_connection = 100000000
 path = "$dir/spool"
 [log]
 path = "$dir/log"
+[delivery]
+enabled = false    # reception only: nothing leaves the machine
 TOML
 "$kumod" --config "$dir/kumod.toml" 2>"$dir/kumod.err" &
 pid=$!
