@@ -152,6 +152,31 @@ int kumo_engine_add_pool(struct kumo_engine *e, const char *name,
 /* tenant NULL sets the default pool. */
 int kumo_engine_set_tenant_pool(struct kumo_engine *e, const char *tenant, const char *pool);
 
+/* Runtime changes, from any thread; loops apply them within a second.
+ * The shaping overlay is TOML in KumoMTA's shaping format (e.g. tsa-daemon's
+ * /get_config_v1/shaping.toml) merged after the configured shaping files; NULL removes
+ * it. Returns 0, or -EINVAL with a "FILE:LINE: key 'k': message" line in err. */
+int kumo_engine_set_shaping_overlay(struct kumo_engine *e, const char *toml, size_t len,
+				    char *err, size_t errcap);
+
+/* Suspensions stop delivery without failing anything: a suspended site's ready queue
+ * ("source->site" or the site name) opens no connection and starts no transaction; a
+ * suspended tenant, campaign or domain keeps its scheduled messages until the suspension
+ * expires. The set given replaces the previous one; strings are copied. */
+enum kumo_suspend_kind {
+	KUMO_SUSPEND_SITE = 0,
+	KUMO_SUSPEND_TENANT,
+	KUMO_SUSPEND_CAMPAIGN,
+	KUMO_SUSPEND_DOMAIN,
+};
+struct kumo_suspension {
+	enum kumo_suspend_kind kind;
+	const char *name;
+	uint64_t expires_ms;         /* Unix time in ms */
+};
+int kumo_engine_set_suspensions(struct kumo_engine *e, const struct kumo_suspension *s,
+				size_t n);
+
 /* Engine life cycle. new() opens the spool and recovers it (blocking; logs count and
  * rate). start() spawns the loop threads; stop() asks them to finish gracefully and may be
  * called from any thread or a signal-safe context (it only writes to an eventfd); wait()

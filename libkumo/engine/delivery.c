@@ -227,7 +227,11 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 	s->max_deliveries = d->max_deliveries;
 	s->idle_ms = d->idle_ms;
 	s->msg_T = s->msg_tau = s->conn_T = s->conn_tau = 0;
-	if (!l->e->shaping || !domain || !*domain)
+	const struct kumo_shaping *sh = kumo_conf_shaping(l->conf);
+	s->domain_hint[0] = 0;
+	if (domain)
+		snprintf(s->domain_hint, sizeof(s->domain_hint), "%s", domain);
+	if (!sh || !domain || !*domain)
 		return;
 	const char *hosts[32];
 	size_t n = 0;
@@ -235,7 +239,7 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 		hosts[n++] = s->hosts[i].name;
 	const char *src = s->source != KUMO_NONE ? l->e->sources[s->source].name : NULL;
 	struct kumo_shaping_params p;
-	if (kumo_shaping_effective(l->e->shaping, domain, hosts, n, src, &p) < 0)
+	if (kumo_shaping_effective(sh, domain, hosts, n, src, &p) < 0)
 		return;
 	if (p.set & (1u << KUMO_SHAPING_F_CONNECTION_LIMIT))
 		s->conn_limit = (unsigned)((p.connection_limit.limit + nloops - 1) / nloops);
@@ -734,11 +738,34 @@ static void mx_resolved(const struct kumo_mx_result *r, void *arg)
 	(void)qi;
 }
 
+/* The end of an active suspension of the queue's tenant, campaign or domain, or 0. */
+static uint64_t queue_suspended(const struct kumo_delivery *d, const struct kumo_queue *q)
+{
+	const struct kumo_loop *l = d->l;
+	const char *t, *colon = strchr(q->name, ':');
+	size_t tl = queue_tenant(q->name, &t);
+	const char *at = strrchr(q->name, '@');
+	uint64_t u = kumo_conf_suspended(l->conf, KUMO_SUSPEND_DOMAIN, q->domain,
+					 strlen(q->domain), l->now_ms);
+	if (!u && tl)
+		u = kumo_conf_suspended(l->conf, KUMO_SUSPEND_TENANT, t, tl, l->now_ms);
+	if (!u && colon && (!at || colon < at))
+		u = kumo_conf_suspended(l->conf, KUMO_SUSPEND_CAMPAIGN, q->name,
+					(size_t)(colon - q->name), l->now_ms);
+	return u;
+}
+
 static void make_due(struct kumo_delivery *d, uint32_t m)
 {
 	struct kumo_loop *l = d->l;
 	struct kumo_qmsg *msg = &l->queues.msgs[m];
 	struct kumo_queue *q = &l->queues.queues[msg->queue];
+	uint64_t until = queue_suspended(d, q);
+	if (until) {
+		msg->due_s = (uint32_t)((until + 999) / 1000);
+		kumo_wheel_insert(&l->queues, m);
+		return;
+	}
 	uint32_t site = fixed_route(d, q);
 	if (site == KUMO_NONE && q->site != KUMO_NONE && l->now_ms < q->site_expires_ms)
 		site = q->site;
@@ -948,6 +975,13 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 {
 	struct kumo_site *s = &d->l->queues.sites[site];
 	double now = (double)d->l->now_ms;
+	uint64_t until = kumo_conf_suspended(d->l->conf, KUMO_SUSPEND_SITE, s->name,
+					     strlen(s->name), d->l->now_ms);
+	if (until) {
+		if (s->nready)
+			site_timer(d, site, until - d->l->now_ms);
+		return;
+	}
 	while (s->nready && !d->stopping) {
 		uint64_t wait = gcra_wait(s->msg_T, s->msg_tau, s->msg_tat, now);
 		if (wait) {
@@ -1002,6 +1036,10 @@ static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc)
 	struct kumo_site *s = &l->queues.sites[oc->site];
 	double now = (double)l->now_ms;
 	uint64_t wait = gcra_wait(s->msg_T, s->msg_tau, s->msg_tat, now);
+	uint64_t until = kumo_conf_suspended(l->conf, KUMO_SUSPEND_SITE, s->name,
+					     strlen(s->name), l->now_ms);
+	if (until)
+		wait = until - l->now_ms;
 	if (wait && s->nready)
 		site_timer(d, oc->site, wait);
 	uint32_t m = d->stopping || wait ? KUMO_NONE
@@ -1415,11 +1453,32 @@ static void oc_tick(struct kumo_delivery *d, struct kumo_oconn *oc)
 	}
 }
 
+/* A new configuration snapshot: every site's limits are computed again. */
+static void refresh_conf(struct kumo_delivery *d)
+{
+	struct kumo_loop *l = d->l;
+	if (atomic_load(&l->e->conf_gen) == (l->conf ? l->conf->gen : 0))
+		return;
+	struct kumo_dynconf *c = kumo_conf_get(l->e);
+	kumo_conf_put(l->e, l->conf);
+	l->conf = c;
+	for (uint32_t i = 0; i < l->queues.nsites; i++) {
+		struct kumo_site *s = &l->queues.sites[i];
+		if (!s->shaped)
+			continue;
+		char domain[256];
+		snprintf(domain, sizeof(domain), "%s", s->domain_hint);
+		shape_site(d, i, domain);
+		site_kick(d, i);
+	}
+}
+
 void kumo_delivery_tick(struct kumo_loop *l)
 {
 	struct kumo_delivery *d = l->dlv;
 	if (!d)
 		return;
+	refresh_conf(d);
 	kumo_dns_tick(d->dns, l->now_ms);
 	for (uint32_t i = 0; i < d->noc; i++)
 		if (d->oc[i].in_use && !d->oc[i].dead)

@@ -145,14 +145,11 @@ int kumo_engine_new(const struct kumo_engine_cfg *cfg, struct kumo_engine **out)
 		return -ENOMEM;
 	if ((err = copy_cfg(e, cfg)) < 0)
 		goto out_free;
-	if (cfg->nshaping_files) {
-		char msg[512];
-		err = kumo_shaping_load(cfg->shaping_files, cfg->nshaping_files, &e->shaping, msg,
-					sizeof(msg));
-		if (err < 0) {
-			kumo_elog(e, KUMO_LOG_ERROR, "shaping: %s", msg);
-			goto out_free;
-		}
+	char msg[512] = "";
+	if ((err = kumo_conf_init(e, cfg->shaping_files, cfg->nshaping_files, msg,
+				  sizeof(msg))) < 0) {
+		kumo_elog(e, KUMO_LOG_ERROR, "shaping: %s", msg);
+		goto out_free;
 	}
 	e->cfg.shaping_files = NULL;
 	e->cfg.nshaping_files = 0;
@@ -547,7 +544,7 @@ void kumo_engine_free(struct kumo_engine *e)
 	for (size_t i = 0; i < e->ntenant_pools; i++)
 		free(e->tenant_pools[i].tenant);
 	free(e->tenant_pools);
-	kumo_shaping_free(e->shaping);
+	kumo_conf_fini(e);
 	free(e->spool_path);
 	free(e->log_path);
 	free(e->hostname);

@@ -176,6 +176,7 @@ struct kumo_loop {
 	struct kumo_id_gen ids;
 	struct kumo_queues queues;
 	struct kumo_delivery *dlv; /* delivery.c */
+	struct kumo_dynconf *conf; /* the snapshot this loop uses */
 	uint64_t now_ms;       /* wall clock, refreshed once per completion batch */
 	struct kumo_buf scratch; /* envelope encoding, log record formatting */
 	char date[40];         /* RFC 5322 date of date_sec, for Received headers */
@@ -231,6 +232,32 @@ struct kumo_tenant_pool {
 };
 
 struct kumo_shaping;
+struct kumo_shaping_ref;
+
+struct kumo_susp {
+	int kind;               /* enum kumo_suspend_kind */
+	char *name;
+	uint64_t expires_ms;
+};
+
+/* An immutable snapshot of the runtime configuration (dynconf.c). */
+struct kumo_dynconf {
+	unsigned refs;          /* under kumo_engine.conf_lock */
+	uint64_t gen;
+	struct kumo_shaping_ref *shaping;
+	struct kumo_susp *susp;
+	size_t nsusp;
+};
+
+int kumo_conf_init(struct kumo_engine *e, const char *const *files, size_t nfiles, char *err,
+		   size_t errcap);
+void kumo_conf_fini(struct kumo_engine *e);
+struct kumo_dynconf *kumo_conf_get(struct kumo_engine *e);
+void kumo_conf_put(struct kumo_engine *e, struct kumo_dynconf *c);
+const struct kumo_shaping *kumo_conf_shaping(const struct kumo_dynconf *c);
+/* The expiry of a matching active suspension, or 0. */
+uint64_t kumo_conf_suspended(const struct kumo_dynconf *c, enum kumo_suspend_kind kind,
+			     const char *name, size_t name_len, uint64_t now_ms);
 
 struct kumo_engine {
 	struct kumo_engine_cfg cfg;
@@ -248,7 +275,12 @@ struct kumo_engine {
 	size_t npools;
 	struct kumo_tenant_pool *tenant_pools;
 	size_t ntenant_pools;
-	struct kumo_shaping *shaping; /* read-only once loops run */
+	char **shaping_files;
+	size_t nshaping_files;
+	pthread_mutex_t conf_lock;
+	struct kumo_dynconf *conf;    /* the current snapshot */
+	uint64_t conf_gen_next;       /* under conf_lock */
+	_Atomic uint64_t conf_gen;    /* the current snapshot's gen, read by loops */
 	struct kumo_loop *loops;
 	unsigned nloops;
 	bool started;

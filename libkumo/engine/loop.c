@@ -139,6 +139,7 @@ int kumo_loop_init(struct kumo_loop *l, struct kumo_engine *e, unsigned index)
 		return err;
 	if ((err = kumo_log_open(l)) < 0)
 		return err;
+	l->conf = kumo_conf_get(e);
 	return kumo_delivery_init(l);
 }
 
@@ -164,6 +165,8 @@ void kumo_loop_fini(struct kumo_loop *l)
 	}
 	free(l->conns);
 	kumo_delivery_fini(l);
+	kumo_conf_put(l->e, l->conf);
+	l->conf = NULL;
 	kumo_log_close(l);
 	if (l->spool)
 		kumo_spool_close(l->spool);

@@ -59,6 +59,7 @@ struct kumo_site {
 	/* shaping, for this loop's share of the limits */
 	bool shaped;
 	bool timer_armed;
+	char domain_hint[256];  /* the domain its limits were computed for */
 	unsigned conn_limit;
 	unsigned max_deliveries;
 	uint64_t idle_ms;

@@ -115,6 +115,44 @@ static void test_inject_rejects_bad_spec(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+static void test_runtime_config_updates(void **state)
+{
+	char dir[] = "/tmp/kumo-test-engine-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	struct kumo_engine_cfg cfg = {.threads = 1, .spool_path = dir, .log_fn = quiet,
+				      .no_delivery = true};
+	struct kumo_engine *e;
+	assert_int_equal(kumo_engine_new(&cfg, &e), 0);
+	uint64_t gen = atomic_load(&e->conf_gen);
+	char err[256] = "";
+	static const char bad[] = "[\"example.com\"]\nmax_message_rate = \"fast\"\n";
+	assert_int_equal(kumo_engine_set_shaping_overlay(e, bad, sizeof(bad) - 1, err, sizeof(err)),
+			 -EINVAL);
+	assert_non_null(strstr(err, "<overlay>:2:"));
+	assert_int_equal(atomic_load(&e->conf_gen), gen);
+	static const char good[] = "[\"example.com\"]\nmax_message_rate = \"10/s\"\n";
+	assert_int_equal(kumo_engine_set_shaping_overlay(e, good, sizeof(good) - 1, err,
+							  sizeof(err)), 0);
+	assert_true(atomic_load(&e->conf_gen) > gen);
+	assert_non_null(kumo_conf_shaping(e->conf));
+	struct kumo_suspension s[] = {{KUMO_SUSPEND_TENANT, "acme", 5000},
+				      {KUMO_SUSPEND_SITE, "mx.example.com", 9000}};
+	assert_int_equal(kumo_engine_set_suspensions(e, s, 2), 0);
+	/* the rules survive a change of suspensions */
+	assert_non_null(kumo_conf_shaping(e->conf));
+	assert_int_equal(kumo_conf_suspended(e->conf, KUMO_SUSPEND_TENANT, "ACME", 4, 4000), 5000);
+	assert_int_equal(kumo_conf_suspended(e->conf, KUMO_SUSPEND_TENANT, "acme", 4, 5000), 0);
+	assert_int_equal(kumo_conf_suspended(e->conf, KUMO_SUSPEND_SITE, "mx.example.com", 14, 1),
+			 9000);
+	assert_int_equal(kumo_conf_suspended(e->conf, KUMO_SUSPEND_CAMPAIGN, "acme", 4, 1), 0);
+	struct kumo_suspension badk = {.kind = (enum kumo_suspend_kind)9, .name = "x"};
+	assert_int_equal(kumo_engine_set_suspensions(e, &badk, 1), -EINVAL);
+	kumo_engine_free(e);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 static struct sockaddr_storage addr(const char *ip)
 {
 	struct sockaddr_storage ss = {0};
@@ -162,6 +200,7 @@ int main(void)
 		cmocka_unit_test(test_inject_durable_and_recovered),
 		cmocka_unit_test(test_inject_rejects_bad_spec),
 		cmocka_unit_test(test_cidr),
+		cmocka_unit_test(test_runtime_config_updates),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
