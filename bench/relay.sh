@@ -2,6 +2,8 @@
 # End-to-end relay benchmark: kumo-bench inject -> kumod (durable spool, smart host) ->
 # kumo-bench sink, on loopback. usage: bench/relay.sh [MESSAGES] [SIZE] [CONNECTIONS] [THREADS]
 # Delivered msg/s = messages / time from the first injection to the last arrival at the sink.
+# BENCH_ARGS adds generator options (e.g. "--domains-file FILE"); SHAPING=1 loads the
+# community shaping files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-100000} size=${2:-10240} conns=${3:-50} threads=${4:-2}
@@ -21,6 +23,12 @@ path = "$dir/log"
 [routing]
 smart_host = "127.0.0.1:$sport"
 TOML
+# SHAPING=1: load KumoMTA's community shaping files (a shaping-cost measurement)
+if [ -n "${SHAPING:-}" ]; then
+	compat=$(cd ../shared/compat/kumomta && pwd)
+	printf '[shaping]\nfiles = ["%s/community-shaping.toml", "%s/policy-extras-shaping.toml"]\n' \
+		"$compat" "$compat" >>"$dir/kumod.toml"
+fi
 "$bench" sink --listen "127.0.0.1:$sport" --max-messages "$n" --json >"$dir/sink.json" 2>"$dir/sink.err" &
 spid=$!
 "$kumod" --config "$dir/kumod.toml" 2>"$dir/kumod.err" &

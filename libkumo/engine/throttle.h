@@ -46,11 +46,12 @@ typedef void (*kumo_throttle_lease_fn)(void *arg, bool granted, const char *leas
  * never granted) and the holder no longer counts against the limit. */
 typedef void (*kumo_throttle_renew_fn)(void *arg, bool held);
 
-/* Creates the throttles of the loop that owns ring. Its completions carry user_data
- * ud_tag | x, where the top 8 bits of ud_tag are the loop's op for throttles and x keeps
- * to the low 56 bits; hand every such completion to kumo_throttle_complete. With a
- * redis_url the first connection is started here (nothing blocks; SQEs are queued,
- * not submitted). Returns 0 or -EINVAL (bad URL or node id), -ENOMEM. */
+/* Creates the throttles of the loop that owns ring; an object belongs to that loop's
+ * thread and is not locked. Its completions carry user_data ud_tag | x, where the top 8
+ * bits of ud_tag are the loop's op for throttles and x keeps to the low 56 bits; hand
+ * every such completion to kumo_throttle_complete. With a redis_url the first
+ * connection is started here (nothing blocks; SQEs are queued, not submitted); without
+ * one, ring may be NULL. Returns 0 or -EINVAL (bad URL or node id, no ring), -ENOMEM. */
 int kumo_throttle_new(const struct kumo_throttle_cfg *cfg, struct io_uring *ring, uint64_t ud_tag,
 		      struct kumo_throttle **out);
 /* Closes the connection and drops the requests in flight without calling their
@@ -69,8 +70,8 @@ void kumo_throttle_free(struct kumo_throttle *t);
  * Returns 0, or -EINVAL (empty or too long name, count or period_ms 0), and then cb is
  * never called. */
 int kumo_throttle_gcra(struct kumo_throttle *t, const char *name, uint64_t count,
-		       uint64_t period_ms, uint64_t burst, uint64_t now_ms, kumo_throttle_gcra_fn cb,
-		       void *arg);
+		       uint64_t period_ms, uint64_t burst, uint64_t now_ms,
+		       kumo_throttle_gcra_fn cb, void *arg);
 
 /* Asks for one of limit leases of "name" (e.g. connections to a site), held for ttl_ms
  * unless renewed. With Redis the leases are members of the sorted set

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 import glob
+import gzip
 
 import pytest
 
@@ -84,10 +85,17 @@ class Kumod:
             return f.read().decode("utf-8", "replace")
 
     def records(self):
+        """Every log record so far: compressed closed segments and open ones."""
         out = []
-        for p in sorted(glob.glob(os.path.join(self.logdir, "*.jsonl"))):
-            with open(p) as f:
-                out.extend(json.loads(line) for line in f if line.strip())
+        for p in sorted(glob.glob(os.path.join(self.logdir, "*.jsonl*"))):
+            if p.endswith(".tmp"):
+                continue
+            opener = gzip.open if p.endswith(".gz") else open
+            try:
+                with opener(p, "rt") as f:
+                    out.extend(json.loads(line) for line in f if line.strip())
+            except (OSError, EOFError, ValueError):
+                continue  # a segment being compressed or renamed right now
         return out
 
     def wait_records(self, pred, timeout=10.0):
