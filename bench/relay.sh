@@ -23,11 +23,16 @@ path = "$dir/log"
 [routing]
 smart_host = "127.0.0.1:$sport"
 TOML
-# SHAPING=1: load KumoMTA's community shaping files (a shaping-cost measurement)
+# SHAPING=1: load KumoMTA's community shaping files, plus an overlay that lifts the
+# ["default"] limits (100 msg/s and 10 connections per site) so that what is measured
+# is the cost of shaping, not its limits
 if [ -n "${SHAPING:-}" ]; then
 	compat=$(cd ../shared/compat/kumomta && pwd)
-	printf '[shaping]\nfiles = ["%s/community-shaping.toml", "%s/policy-extras-shaping.toml"]\n' \
-		"$compat" "$compat" >>"$dir/kumod.toml"
+	printf '["default"]\nconnection_limit = 64\nmax_connection_rate = "100000/s"\n%s\n' \
+		'max_message_rate = "1000000/s"' >"$dir/lift.toml"
+	printf 'max_deliveries_per_connection = 1024\n' >>"$dir/lift.toml"
+	printf '[shaping]\nfiles = ["%s/community-shaping.toml", "%s/policy-extras-shaping.toml", "%s"]\n' \
+		"$compat" "$compat" "$dir/lift.toml" >>"$dir/kumod.toml"
 fi
 "$bench" sink --listen "127.0.0.1:$sport" --max-messages "$n" --json >"$dir/sink.json" 2>"$dir/sink.err" &
 spid=$!
