@@ -500,12 +500,50 @@ static int shaping_section(struct ctx *x, const struct kumo_toml_value *root,
 
 static int one_source(struct ctx *x, const struct kumo_toml_value *t, struct kumo_source_cfg *s)
 {
-	static const char *const keys[] = {"name", "source_address", "ehlo_name", NULL};
+	static const char *const keys[] = {
+		"name", "source_address", "ehlo_name", "socks5_proxy_server",
+		"socks5_proxy_source_address", "socks5_proxy_username", "socks5_proxy_password",
+		"ha_proxy_server", "ha_proxy_source_address", NULL};
+	static const char *const addr_keys[] = {"socks5_proxy_server", "ha_proxy_server"};
+	static const char *const ip_keys[] = {"socks5_proxy_source_address",
+					      "ha_proxy_source_address"};
+	const char **addr_out[] = {&s->socks5_proxy_server, &s->ha_proxy_server};
+	const char **ip_out[] = {&s->socks5_proxy_source_address, &s->ha_proxy_source_address};
 	int err;
 	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
 		return fail(x, t, "egress_source", "expected [[egress_source]] tables%s", "");
-	if ((err = only_keys(x, t, "egress_source.", keys)) ||
-	    (err = get_string(x, t, "name", "egress_source.name", &s->name)) ||
+	if ((err = only_keys(x, t, "egress_source.", keys)))
+		return err;
+	for (int i = 0; i < 2; i++) {
+		char name[96];
+		snprintf(name, sizeof(name), "egress_source.%s", addr_keys[i]);
+		if ((err = get_string(x, t, addr_keys[i], name, addr_out[i])))
+			return err;
+		if (*addr_out[i] && kumo_address_check(*addr_out[i]) < 0)
+			return fail(x, kumo_toml_get(t, addr_keys[i]), name,
+				    "expected \"ip:port\", got \"%s\"", *addr_out[i]);
+		snprintf(name, sizeof(name), "egress_source.%s", ip_keys[i]);
+		if ((err = get_string(x, t, ip_keys[i], name, ip_out[i])))
+			return err;
+		if (*ip_out[i] && kumo_cidr_check(*ip_out[i]) < 0)
+			return fail(x, kumo_toml_get(t, ip_keys[i]), name,
+				    "expected an IP address, got \"%s\"", *ip_out[i]);
+	}
+	if (s->ha_proxy_server && !s->ha_proxy_source_address)
+		return fail(x, t, "egress_source.ha_proxy_source_address",
+			    "required with ha_proxy_server%s", "");
+	if (s->ha_proxy_server && s->socks5_proxy_server)
+		return fail(x, t, "egress_source", "socks5_proxy_server and ha_proxy_server "
+			    "exclude each other%s", "");
+	if ((err = get_string(x, t, "socks5_proxy_username", "egress_source.socks5_proxy_username",
+			      &s->socks5_proxy_username)) ||
+	    (err = get_string(x, t, "socks5_proxy_password", "egress_source.socks5_proxy_password",
+			      &s->socks5_proxy_password)))
+		return err;
+	if (s->socks5_proxy_username && !s->socks5_proxy_password)
+		return fail(x, t, "egress_source.socks5_proxy_password",
+			    "required with socks5_proxy_username%s", "");
+	if ((err = get_string(x, t, "name", "egress_source.name", &s->name)) ||
 	    (err = get_string(x, t, "source_address", "egress_source.source_address",
 			      &s->source_address)) ||
 	    (err = get_string(x, t, "ehlo_name", "egress_source.ehlo_name", &s->ehlo_name)))

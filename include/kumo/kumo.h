@@ -141,6 +141,15 @@ struct kumo_source_cfg {
 	const char *name;
 	const char *source_address;  /* "127.0.0.2" or "::1"; NULL = the system's choice */
 	const char *ehlo_name;       /* NULL = the engine's EHLO name */
+	/* Leaving through a SOCKS5 proxy (e.g. kumoproxy): connections go to the proxy, which
+	 * connects from socks5_proxy_source_address (KumoMTA's BIND-then-CONNECT). */
+	const char *socks5_proxy_server;          /* "ip:port" or NULL */
+	const char *socks5_proxy_source_address;  /* "ip" or NULL: the proxy's choice */
+	const char *socks5_proxy_username;        /* NULL: no authentication */
+	const char *socks5_proxy_password;
+	/* Leaving through HAProxy: a PROXY v2 header names the source address to use. */
+	const char *ha_proxy_server;              /* "ip:port" or NULL */
+	const char *ha_proxy_source_address;      /* "ip" */
 };
 struct kumo_pool_entry {
 	const char *source;

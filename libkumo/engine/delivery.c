@@ -16,6 +16,7 @@
 #include "engine/dns.h"
 #include "engine/shaping.h"
 #include "proto/dsn.h"
+#include "proto/egress_proxy.h"
 #include "proto/smtp_client.h"
 
 #define SITE_TTL_MS (5 * 60 * 1000)
@@ -26,6 +27,7 @@ enum oc_state {
 	OC_LOADING,        /* reading the next message from the spool */
 	OC_IDLE,           /* on its site's idle list */
 	OC_QUITTING,
+	OC_PROXY,          /* SOCKS5 handshake with the egress proxy */
 };
 
 /* One outbound connection. */
@@ -63,6 +65,7 @@ struct kumo_oconn {
 	char peer_name[256];
 	char peer_addr[48];
 	char local_addr[48];
+	struct kumo_socks5c *sx;  /* SOCKS5 handshake in progress */
 };
 
 struct kumo_delivery {
@@ -910,12 +913,20 @@ static int oc_connect(struct kumo_delivery *d, struct kumo_oconn *oc)
 		return -EHOSTUNREACH;
 	const struct sockaddr_storage *ss = &s->hosts[oc->host].addrs[oc->addr];
 	peer_strings(oc, &s->hosts[oc->host], ss);
+	const struct kumo_source *px =
+		s->source != KUMO_NONE ? &d->l->e->sources[s->source] : NULL;
+	if (px && px->socks5.ss_family)
+		ss = &px->socks5; /* the proxy connects to the host for us */
+	else if (px && px->ha.ss_family)
+		ss = &px->ha;
+	else
+		px = NULL;
 	oc->fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (oc->fd < 0)
 		return -errno;
 	int one = 1; /* commands and data leave in whole writes: no Nagle delay */
 	setsockopt(oc->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (s->source != KUMO_NONE) {
+	if (s->source != KUMO_NONE && !px) {
 		const struct kumo_source *src = &d->l->e->sources[s->source];
 		socklen_t len = src->addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
 								: sizeof(struct sockaddr_in);
@@ -1338,6 +1349,92 @@ static void oc_pump(struct kumo_delivery *d, struct kumo_oconn *oc)
 		post_recv(d, oc);
 }
 
+static void addr_string(const struct sockaddr_storage *ss, char *buf, size_t cap)
+{
+	buf[0] = 0;
+	if (ss->ss_family == AF_INET || ss->ss_family == AF_INET6)
+		inet_ntop(ss->ss_family,
+			  ss->ss_family == AF_INET
+				  ? (const void *)&((const struct sockaddr_in *)ss)->sin_addr
+				  : (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr,
+			  buf, cap);
+}
+
+static void start_session(struct kumo_delivery *d, struct kumo_oconn *oc);
+static void proxy_pump(struct kumo_delivery *d, struct kumo_oconn *oc);
+
+/* The target host of the connection (the proxy connects there for us). */
+static const struct sockaddr_storage *oc_target(const struct kumo_delivery *d,
+						 const struct kumo_oconn *oc)
+{
+	const struct kumo_site *s = &d->l->queues.sites[oc->site];
+	return &s->hosts[oc->host].addrs[oc->addr];
+}
+
+/* After the TCP connect to an egress proxy: queue the PROXY v2 header (HAProxy, then the
+ * session starts at once) or start the SOCKS5 handshake. False without a proxy. */
+static bool proxy_begin(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	const struct kumo_site *s = &d->l->queues.sites[oc->site];
+	const struct kumo_source *px =
+		s->source != KUMO_NONE ? &d->l->e->sources[s->source] : NULL;
+	if (!px || (!px->socks5.ss_family && !px->ha.ss_family))
+		return false;
+	const struct sockaddr_storage *target = oc_target(d, oc);
+	if (px->ha.ss_family) {
+		uint8_t hdr[64];
+		size_t n = kumo_proxy_v2_header((const struct sockaddr *)&px->ha_source,
+						(const struct sockaddr *)target, hdr, sizeof(hdr));
+		kumo_buf_append(&oc->sbuf, hdr, n);
+		addr_string(&px->ha_source, oc->local_addr, sizeof(oc->local_addr));
+		start_session(d, oc);
+		return true;
+	}
+	if (!oc->sx && !(oc->sx = malloc(sizeof(*oc->sx))))
+		return false;
+	kumo_socks5c_init(oc->sx, px->socks5_user, px->socks5_pass,
+			  px->socks5_source.ss_family ? (const struct sockaddr *)&px->socks5_source
+						      : NULL,
+			  (const struct sockaddr *)target);
+	oc->state = OC_PROXY;
+	proxy_pump(d, oc);
+	return true;
+}
+
+/* Moves handshake bytes both ways; starts the session once the proxy connected. */
+static void proxy_pump(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
+	size_t used = 0, n;
+	int r = 0;
+	if (oc->rpos < oc->rlen) {
+		r = kumo_socks5c_push(oc->sx, oc->rbuf + oc->rpos, oc->rlen - oc->rpos, &used);
+		oc->rpos += used;
+	}
+	const uint8_t *out = kumo_socks5c_output(oc->sx, &n);
+	kumo_buf_append(&oc->sbuf, out, n);
+	kumo_socks5c_sent(oc->sx, n);
+	if (r < 0 || (oc->eof && r == 0)) {
+		char text[200];
+		snprintf(text, sizeof(text), "Egress proxy: %s (reply %d)",
+			 r < 0 ? oc->sx->error : "connection closed", oc->sx->reply);
+		struct outcome o = {.code = 451, .enhanced = "4.4.1", .text = text,
+				    .command = "connect"};
+		kumo_elog(d->l->e, KUMO_LOG_WARN, "%s", text);
+		site_unreachable(d, oc->site, &o);
+		oc_close(d, oc);
+		return;
+	}
+	if (r == 1) {
+		addr_string(&oc->sx->local, oc->local_addr, sizeof(oc->local_addr));
+		start_session(d, oc); /* leftover bytes in rbuf are the greeting */
+		return;
+	}
+	if (oc->sbuf.len > oc->sent && !oc->send_busy)
+		post_send(d, oc);
+	if (!oc->recv_busy && oc->rpos == oc->rlen && !oc->eof)
+		post_recv(d, oc);
+}
+
 static void connect_done(struct kumo_delivery *d, struct kumo_oconn *oc, int res)
 {
 	if (res < 0) {
@@ -1358,11 +1455,15 @@ static void connect_done(struct kumo_delivery *d, struct kumo_oconn *oc, int res
 	socklen_t ll = sizeof(local);
 	oc->local_addr[0] = 0;
 	if (getsockname(oc->fd, (struct sockaddr *)&local, &ll) == 0)
-		inet_ntop(local.ss_family,
-			  local.ss_family == AF_INET
-				  ? (const void *)&((struct sockaddr_in *)&local)->sin_addr
-				  : (const void *)&((struct sockaddr_in6 *)&local)->sin6_addr,
-			  oc->local_addr, sizeof(oc->local_addr));
+		addr_string(&local, oc->local_addr, sizeof(oc->local_addr));
+	if (proxy_begin(d, oc))
+		return;
+	start_session(d, oc);
+}
+
+/* The SMTP session starts: over the TCP connection, or after the proxy handshake. */
+static void start_session(struct kumo_delivery *d, struct kumo_oconn *oc)
+{
 	struct kumo_smtp_client_cfg cc = d->ccfg;
 	const struct kumo_site *s = &d->l->queues.sites[oc->site];
 	if (s->source != KUMO_NONE && d->l->e->sources[s->source].ehlo_name)
@@ -1410,7 +1511,10 @@ void kumo_delivery_io_done(struct kumo_loop *l, uint64_t ud, int res)
 			oc_close(d, oc); /* the peer closed an idle connection */
 			break;
 		}
-		oc_pump(d, oc);
+		if (oc->state == OC_PROXY)
+			proxy_pump(d, oc);
+		else
+			oc_pump(d, oc);
 		break;
 	case KUMO_OP_OSEND:
 		if (res <= 0) {
@@ -1419,7 +1523,10 @@ void kumo_delivery_io_done(struct kumo_loop *l, uint64_t ud, int res)
 		} else if ((oc->sent += (size_t)res) == oc->sbuf.len) {
 			oc->sent = oc->sbuf.len = 0;
 		}
-		oc_pump(d, oc);
+		if (oc->state == OC_PROXY)
+			proxy_pump(d, oc);
+		else
+			oc_pump(d, oc);
 		break;
 	default:
 		break;
@@ -1435,7 +1542,8 @@ void kumo_delivery_dns_done(struct kumo_loop *l, uint64_t ud, int res)
 static void oc_tick(struct kumo_delivery *d, struct kumo_oconn *oc)
 {
 	uint64_t now = d->l->now_ms;
-	if (oc->state == OC_CONNECTING && now - oc->since_ms >= d->connect_ms) {
+	if ((oc->state == OC_CONNECTING || oc->state == OC_PROXY) &&
+	    now - oc->since_ms >= d->connect_ms) {
 		shutdown(oc->fd, SHUT_RDWR); /* the connect completes with an error */
 		return;
 	}
@@ -1600,6 +1708,7 @@ void kumo_delivery_fini(struct kumo_loop *l)
 		free(oc->mbuf);
 		free(oc->batch);
 		free(oc->crcpts);
+		free(oc->sx);
 		kumo_buf_free(&oc->sbuf);
 	}
 	free(d->oc);

@@ -345,20 +345,47 @@ static int find_pool(const struct kumo_engine *e, const char *name)
 	return -1;
 }
 
+/* "ip" (port 0) into ss; NULL leaves it unused. */
+static int parse_ip(const char *ip, struct sockaddr_storage *ss)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (!ip)
+		return 0;
+	struct sockaddr_in *in = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+	if (inet_pton(AF_INET, ip, &in->sin_addr) == 1)
+		in->sin_family = AF_INET;
+	else if (inet_pton(AF_INET6, ip, &in6->sin6_addr) == 1)
+		in6->sin6_family = AF_INET6;
+	else
+		return -EINVAL;
+	return 0;
+}
+
 int kumo_engine_add_source(struct kumo_engine *e, const struct kumo_source_cfg *cfg)
 {
 	if (e->started || !cfg || !cfg->name || !*cfg->name || find_source(e, cfg->name) >= 0)
 		return -EINVAL;
 	struct kumo_source src = {0};
-	if (cfg->source_address) {
-		struct sockaddr_in *in = (struct sockaddr_in *)&src.addr;
-		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&src.addr;
-		if (inet_pton(AF_INET, cfg->source_address, &in->sin_addr) == 1)
-			in->sin_family = AF_INET;
-		else if (inet_pton(AF_INET6, cfg->source_address, &in6->sin6_addr) == 1)
-			in6->sin6_family = AF_INET6;
-		else
-			return -EINVAL;
+	socklen_t len;
+	if (parse_ip(cfg->source_address, &src.addr) < 0 ||
+	    parse_ip(cfg->socks5_proxy_source_address, &src.socks5_source) < 0 ||
+	    parse_ip(cfg->ha_proxy_source_address, &src.ha_source) < 0 ||
+	    (cfg->socks5_proxy_server && parse_address(cfg->socks5_proxy_server, &src.socks5,
+						       &len) < 0) ||
+	    (cfg->ha_proxy_server && parse_address(cfg->ha_proxy_server, &src.ha, &len) < 0) ||
+	    (cfg->ha_proxy_server && !cfg->ha_proxy_source_address) ||
+	    (cfg->ha_proxy_server && cfg->socks5_proxy_server) ||
+	    (cfg->socks5_proxy_username && !cfg->socks5_proxy_password))
+		return -EINVAL;
+	if (cfg->socks5_proxy_username) {
+		src.socks5_user = strdup(cfg->socks5_proxy_username);
+		src.socks5_pass = strdup(cfg->socks5_proxy_password);
+		if (!src.socks5_user || !src.socks5_pass) {
+			free(src.socks5_user);
+			free(src.socks5_pass);
+			return -ENOMEM;
+		}
 	}
 	struct kumo_source *a = realloc(e->sources, (e->nsources + 1) * sizeof(*a));
 	if (!a)
@@ -533,6 +560,8 @@ void kumo_engine_free(struct kumo_engine *e)
 	for (size_t i = 0; i < e->nsources; i++) {
 		free(e->sources[i].name);
 		free(e->sources[i].ehlo_name);
+		free(e->sources[i].socks5_user);
+		free(e->sources[i].socks5_pass);
 	}
 	free(e->sources);
 	for (size_t i = 0; i < e->npools; i++) {

@@ -217,6 +217,8 @@ struct kumo_source {
 	char *name;
 	char *ehlo_name;
 	struct sockaddr_storage addr; /* ss_family 0: the system's choice */
+	struct sockaddr_storage socks5, socks5_source, ha, ha_source; /* family 0: unused */
+	char *socks5_user, *socks5_pass;
 };
 
 struct kumo_pool {
