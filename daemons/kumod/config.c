@@ -640,11 +640,33 @@ static int egress_sections(struct ctx *x, const struct kumo_toml_value *root,
 	return 0;
 }
 
+static int tsa_section(struct ctx *x, const struct kumo_toml_value *root, struct kumod_config *c)
+{
+	static const char *const keys[] = {"url", "poll_interval", NULL};
+	const struct kumo_toml_value *t = kumo_toml_get(root, "tsa");
+	int err;
+	if (!t)
+		return 0;
+	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
+		return fail(x, t, "tsa", "expected a table%s", "");
+	if ((err = only_keys(x, t, "tsa.", keys)) ||
+	    (err = get_string(x, t, "url", "tsa.url", &c->tsa_url)) ||
+	    (err = get_duration(x, t, "poll_interval", "tsa.poll_interval", &c->tsa_poll_ms)))
+		return err;
+	char host[64];
+	unsigned port;
+	if (c->tsa_url && (sscanf(c->tsa_url, "http://%63[0-9.]:%u", host, &port) != 2 ||
+			   port > 65535))
+		return fail(x, kumo_toml_get(t, "url"), "tsa.url",
+			    "expected \"http://ip:port\", got \"%s\"", c->tsa_url);
+	return 0;
+}
+
 static int sections(struct ctx *x, const struct kumo_toml_value *root, struct kumod_config *c)
 {
 	static const char *const top[] = {"listener", "http", "spool", "log", "routing",
 					  "engine", "headers", "delivery", "dns", "shaping",
-					  "egress_source", "egress_pool", "egress", NULL};
+					  "egress_source", "egress_pool", "egress", "tsa", NULL};
 	static const char *const path_key[] = {"path", NULL};
 	static const char *const http_keys[] = {"listen", NULL};
 	static const char *const header_keys[] = {"campaign", "tenant", NULL};
@@ -654,7 +676,7 @@ static int sections(struct ctx *x, const struct kumo_toml_value *root, struct ku
 	    (err = string_section(x, root, "spool", path_key,
 				  (const char **[]){&c->engine.spool_path})) ||
 	    (err = log_section(x, root, &c->engine)) || (err = shaping_section(x, root, c)) ||
-	    (err = egress_sections(x, root, c)) ||
+	    (err = egress_sections(x, root, c)) || (err = tsa_section(x, root, c)) ||
 	    (err = string_section(x, root, "http", http_keys, (const char **[]){&c->http_listen})) ||
 	    (err = routing_section(x, root, c)) || (err = delivery_section(x, root, &c->engine)) ||
 	    (err = dns_section(x, root, &c->engine)) ||

@@ -33,6 +33,8 @@ struct kumod_config {
 	size_t npools;
 	const char *tenant_pools[256][2]; /* tenant ("" = default), pool */
 	size_t ntenant_pools;
+	const char *tsa_url;          /* [tsa] url */
+	uint32_t tsa_poll_ms;
 	struct kumo_toml_doc *doc; /* owns every string above */
 };
 

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "config.h"
+#include "tsa.h"
 #include "engine/shaping.h"
 #include "kumo/kumo.h"
 
@@ -84,6 +85,16 @@ static int run(struct kumod_config *c)
 	pthread_sigmask(SIG_BLOCK, &set, NULL); /* loop threads inherit the mask */
 	signal(SIGPIPE, SIG_IGN);
 	c->engine.log_fn = diag;
+	struct kumod_tsa *tsa = NULL;
+	if (c->tsa_url) {
+		struct kumod_tsa_cfg tc = {.url = c->tsa_url, .poll_ms = c->tsa_poll_ms};
+		if (kumod_tsa_new(&tc, &tsa) < 0) {
+			fprintf(stderr, "kumod: tsa: bad url %s\n", c->tsa_url);
+			return 1;
+		}
+		c->engine.record_fn = kumod_tsa_record;
+		c->engine.record_arg = tsa;
+	}
 	int err = kumo_engine_new(&c->engine, &e);
 	if (err < 0) {
 		fprintf(stderr, "kumod: cannot start the engine: %s\n", strerror(-err));
@@ -97,10 +108,12 @@ static int run(struct kumod_config *c)
 			fprintf(stderr, "kumod: route %s: %s\n", c->routes[i][0], strerror(-err));
 	if (err == 0)
 		err = add_egress(e, c);
-	if (err < 0 || add_listeners(e, c) < 0 || (err = kumo_engine_start(e)) < 0) {
+	if (err < 0 || add_listeners(e, c) < 0 || (err = kumo_engine_start(e)) < 0 ||
+	    (tsa && (err = kumod_tsa_start(tsa, e)) < 0)) {
 		if (err < 0)
 			fprintf(stderr, "kumod: cannot start: %s\n", strerror(-err));
 		kumo_engine_free(e);
+		kumod_tsa_stop(tsa);
 		return 1;
 	}
 	for (size_t i = 0; i < c->nlisteners; i++)
@@ -111,6 +124,7 @@ static int run(struct kumod_config *c)
 	diag(NULL, KUMO_LOG_INFO, "stopping: finishing open transactions and the spool");
 	kumo_engine_stop(e);
 	kumo_engine_wait(e);
+	kumod_tsa_stop(tsa); /* after the loops: their last records are posted too */
 	struct kumo_engine_stats st;
 	kumo_engine_stats(e, &st);
 	char line[256];

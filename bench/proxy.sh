@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# SOCKS5 relay benchmark: socks-bench sends 100 KB messages (each acknowledged by its sink,
+# like SMTP's DATA) and a bulk stream, straight to the sink and through kumoproxy, on
+# loopback; prints the median MB/s of REPEAT runs of each.
+# usage: bench/proxy.sh [MESSAGES] [SIZE] [CONNECTIONS] [THREADS] [RELAY copy|splice]
+# env: REPEAT (5), BULK_MB (500 per connection), BULK_CONNS (10), PROXY_ARGS, BUILD (build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-40000} size=${2:-102400} conns=${3:-50} threads=${4:-2} relay=${5:-copy}
+repeat=${REPEAT:-5} bulk_mb=${BULK_MB:-500} bulk_conns=${BULK_CONNS:-10}
+build=${BUILD:-build}
+proxy=$build/daemons/kumoproxy/kumoproxy bench=$build/bench/socks-bench
+[ -x "$proxy" ] && [ -x "$bench" ] || { echo "build first: ninja -C build" >&2; exit 1; }
+dir=$(mktemp -d "${TMPDIR:-/var/tmp}/kumo-proxy.XXXXXX")
+port=$((20000 + RANDOM % 20000))
+"$proxy" --listen "127.0.0.1:$port" --threads "$threads" --relay "$relay" ${PROXY_ARGS:-} \
+	--log /dev/null 2>"$dir/proxy.err" &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+for _ in $(seq 200); do
+	grep -q ready "$dir/proxy.err" 2>/dev/null && break
+	kill -0 $pid 2>/dev/null || { cat "$dir/proxy.err" >&2; exit 1; }
+	sleep 0.05
+done
+
+# "MB/s msg/s", medians over REPEAT runs of socks-bench ARGS...
+run() {
+	for _ in $(seq "$repeat"); do
+		"$bench" --json "$@"
+	done | /usr/bin/python3 -c '
+import json, statistics, sys
+runs = [json.loads(l) for l in sys.stdin if l.strip()]
+assert runs and all(r["failures"] == 0 for r in runs), runs
+print("%.0f %.0f" % (statistics.median(r["mb_per_s"] for r in runs),
+                     statistics.median(r["msg_per_s"] for r in runs)))'
+}
+
+echo "# $(nproc) CPUs, kumoproxy --threads $threads --relay $relay ${PROXY_ARGS:-}, median of $repeat"
+for mode in direct proxy; do
+	args=()
+	[ $mode = proxy ] && args=(--proxy "127.0.0.1:$port")
+	read -r mb msgs < <(run "${args[@]}" -c "$conns" -s "$size" -n "$n")
+	read -r bmb _ < <(run "${args[@]}" -c "$bulk_conns" --bulk "$bulk_mb")
+	printf '%-6s %d x %d-byte messages over %d connections: %s MB/s, %s msg/s; bulk %d x %d MB: %s MB/s\n' \
+		$mode "$n" "$size" "$conns" "$mb" "$msgs" "$bulk_conns" "$bulk_mb" "$bmb"
+done
+kill -USR1 $pid
+sleep 0.2
+grep -E '^kumoproxy_(relays_total|bytes_client_to_target_total) ' "$dir/proxy.err" | sed 's/^/# /'
