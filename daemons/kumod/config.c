@@ -662,11 +662,33 @@ static int tsa_section(struct ctx *x, const struct kumo_toml_value *root, struct
 	return 0;
 }
 
+static int redis_section(struct ctx *x, const struct kumo_toml_value *root,
+			 struct kumo_engine_cfg *e)
+{
+	static const char *const keys[] = {"url", NULL};
+	const struct kumo_toml_value *t = kumo_toml_get(root, "redis");
+	int err;
+	if (!t)
+		return 0;
+	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
+		return fail(x, t, "redis", "expected a table%s", "");
+	if ((err = only_keys(x, t, "redis.", keys)) ||
+	    (err = get_string(x, t, "url", "redis.url", &e->redis_url)))
+		return err;
+	if (e->redis_url && strncmp(e->redis_url, "redis://", 8) != 0 &&
+	    strncmp(e->redis_url, "unix://", 7) != 0)
+		return fail(x, kumo_toml_get(t, "url"), "redis.url",
+			    "expected \"redis://ip:port\" or \"unix:///path\", got \"%s\"",
+			    e->redis_url);
+	return 0;
+}
+
 static int sections(struct ctx *x, const struct kumo_toml_value *root, struct kumod_config *c)
 {
 	static const char *const top[] = {"listener", "http", "spool", "log", "routing",
 					  "engine", "headers", "delivery", "dns", "shaping",
-					  "egress_source", "egress_pool", "egress", "tsa", NULL};
+					  "egress_source", "egress_pool", "egress", "tsa", "redis",
+					  NULL};
 	static const char *const path_key[] = {"path", NULL};
 	static const char *const http_keys[] = {"listen", NULL};
 	static const char *const header_keys[] = {"campaign", "tenant", NULL};
@@ -677,6 +699,7 @@ static int sections(struct ctx *x, const struct kumo_toml_value *root, struct ku
 				  (const char **[]){&c->engine.spool_path})) ||
 	    (err = log_section(x, root, &c->engine)) || (err = shaping_section(x, root, c)) ||
 	    (err = egress_sections(x, root, c)) || (err = tsa_section(x, root, c)) ||
+	    (err = redis_section(x, root, &c->engine)) ||
 	    (err = string_section(x, root, "http", http_keys, (const char **[]){&c->http_listen})) ||
 	    (err = routing_section(x, root, c)) || (err = delivery_section(x, root, &c->engine)) ||
 	    (err = dns_section(x, root, &c->engine)) ||

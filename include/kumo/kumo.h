@@ -58,6 +58,10 @@ struct kumo_engine_cfg {
 	uint32_t idle_timeout_ms;    /* an idle outbound connection closes: 60 s */
 	uint32_t connect_timeout_ms; /* TCP connect to one address: 60 s */
 	const char *ehlo_name;       /* EHLO name for delivery; NULL = hostname */
+	/* Shared throttles: with a Redis URL ("redis://127.0.0.1:6379"), max_message_rate is
+	 * one limit for every node using that Redis (GCRA in a Lua script); unreachable
+	 * Redis falls back to local limits. NULL: local limits. */
+	const char *redis_url;
 	/* Traffic shaping: KumoMTA shaping.toml files, merged in order (overlays last). */
 	const char *const *shaping_files;
 	size_t nshaping_files;

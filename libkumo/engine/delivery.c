@@ -15,6 +15,7 @@
 
 #include "engine/dns.h"
 #include "engine/shaping.h"
+#include "engine/throttle.h"
 #include "proto/dsn.h"
 #include "proto/egress_proxy.h"
 #include "proto/smtp_client.h"
@@ -77,6 +78,7 @@ struct kumo_delivery {
 	uint32_t smart_site;
 	uint32_t *route_sites;   /* per engine route */
 	int64_t **wrr;           /* per pool: smooth weighted round robin state */
+	struct kumo_throttle *throttle; /* shared limits in Redis, or NULL */
 	struct kumo_buf dsn;
 	uint64_t dsn_seq;
 	bool stopping;
@@ -91,6 +93,7 @@ struct kumo_delivery {
 static void oc_pump(struct kumo_delivery *d, struct kumo_oconn *oc);
 static void site_kick(struct kumo_delivery *d, uint32_t site);
 static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc);
+static bool shared_token(struct kumo_delivery *d, uint32_t si);
 static void make_due(struct kumo_delivery *d, uint32_t m);
 
 static uint64_t or_default(uint64_t v, uint64_t def)
@@ -263,6 +266,14 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 				      (double)p.providers[0].max_message_rate.period_ms <
 			      (double)mr.count / (double)mr.period_ms))
 		mr = p.providers[0].max_message_rate;
+	s->shared_count = 0;
+	if (d->throttle && mr.count && !mr.local) {
+		/* one limit for every node: Redis keeps it, the local GCRA stays off */
+		s->shared_count = mr.count;
+		s->shared_period_ms = mr.period_ms;
+		s->shared_burst = mr.burst;
+		mr.count = 0;
+	}
 	gcra_setup(&mr, nloops, &s->msg_T, &s->msg_tau);
 	gcra_setup(&p.max_connection_rate, nloops, &s->conn_T, &s->conn_tau);
 }
@@ -999,6 +1010,9 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 			site_timer(d, site, wait);
 			break;
 		}
+		if (s->idle_head != KUMO_NONE && !shared_token(d, site))
+			break; /* the token's answer kicks the site again */
+		s = &d->l->queues.sites[site];
 		if (s->idle_head != KUMO_NONE) {
 			struct kumo_oconn *oc = &d->oc[s->idle_head];
 			s->idle_head = oc->idle_next;
@@ -1040,6 +1054,51 @@ static void post_send(struct kumo_delivery *d, struct kumo_oconn *oc)
 	oc->inflight++;
 }
 
+static void token_answer(void *arg, bool allowed, uint64_t wait_ms)
+{
+	struct kumo_delivery *d = ((struct kumo_loop *)((void **)arg)[0])->dlv;
+	uint32_t si = (uint32_t)(uintptr_t)((void **)arg)[1];
+	free(arg);
+	if (!d || si >= d->l->queues.nsites)
+		return;
+	struct kumo_site *s = &d->l->queues.sites[si];
+	s->token_pending = false;
+	if (allowed) {
+		s->token_ready = true;
+		site_kick(d, si);
+	} else {
+		site_timer(d, si, wait_ms);
+	}
+}
+
+/* For a site whose rate is shared through Redis: true when a message may go now (a
+ * token was granted); otherwise a token is asked for and the caller waits. */
+static bool shared_token(struct kumo_delivery *d, uint32_t si)
+{
+	struct kumo_site *s = &d->l->queues.sites[si];
+	if (!s->shared_count)
+		return true;
+	if (s->token_ready)
+		return true;
+	if (s->token_pending)
+		return false;
+	void **arg = malloc(2 * sizeof(void *));
+	if (!arg)
+		return true;
+	arg[0] = d->l;
+	arg[1] = (void *)(uintptr_t)si;
+	char name[600];
+	snprintf(name, sizeof(name), "max_message_rate:%s", s->name);
+	s->token_pending = true;
+	if (kumo_throttle_gcra(d->throttle, name, s->shared_count, s->shared_period_ms,
+			       s->shared_burst, d->l->now_ms, token_answer, arg) < 0) {
+		s->token_pending = false;
+		free(arg);
+		return true;
+	}
+	return false;
+}
+
 /* Takes the next ready message of the site and reads it; idles when there is none. */
 static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc)
 {
@@ -1051,12 +1110,18 @@ static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc)
 					     strlen(s->name), l->now_ms);
 	if (until)
 		wait = until - l->now_ms;
-	if (wait && s->nready)
+	bool token = !wait && s->nready && !d->stopping && shared_token(d, oc->site);
+	s = &l->queues.sites[oc->site];
+	if (!wait && s->nready && !token)
+		wait = UINT64_MAX; /* a token is on its way: idle until it comes */
+	if (wait && wait != UINT64_MAX && s->nready)
 		site_timer(d, oc->site, wait);
 	uint32_t m = d->stopping || wait ? KUMO_NONE
 					 : kumo_list_pop(&l->queues, &s->ready_head, &s->ready_tail);
-	if (m != KUMO_NONE)
+	if (m != KUMO_NONE) {
 		gcra_take(s->msg_T, &s->msg_tat, now);
+		s->token_ready = false;
+	}
 	if (m == KUMO_NONE) {
 		oc->state = OC_IDLE;
 		oc->since_ms = l->now_ms;
@@ -1533,6 +1598,12 @@ void kumo_delivery_io_done(struct kumo_loop *l, uint64_t ud, int res)
 	}
 }
 
+void kumo_delivery_throttle_done(struct kumo_loop *l, uint64_t ud, int res)
+{
+	if (l->dlv && l->dlv->throttle)
+		kumo_throttle_complete(l->dlv->throttle, ud, res);
+}
+
 void kumo_delivery_dns_done(struct kumo_loop *l, uint64_t ud, int res)
 {
 	if (l->dlv && l->dlv->dns)
@@ -1588,6 +1659,8 @@ void kumo_delivery_tick(struct kumo_loop *l)
 		return;
 	refresh_conf(d);
 	kumo_dns_tick(d->dns, l->now_ms);
+	if (d->throttle)
+		kumo_throttle_tick(d->throttle, l->now_ms);
 	for (uint32_t i = 0; i < d->noc; i++)
 		if (d->oc[i].in_use && !d->oc[i].dead)
 			oc_tick(d, &d->oc[i]);
@@ -1687,8 +1760,22 @@ int kumo_delivery_init(struct kumo_loop *l)
 	struct kumo_dns_cfg dc = {.servers = l->e->cfg.dns_servers,
 				  .timeout_ms = l->e->cfg.dns_timeout_ms};
 	err = kumo_dns_new(&dc, &l->ring, kumo_ud(KUMO_OP_DNS, 0, 0), &d->dns);
-	if (err < 0)
+	if (err < 0) {
 		kumo_elog(l->e, KUMO_LOG_ERROR, "DNS resolver: %s", strerror(-err));
+		return err;
+	}
+	if (l->e->cfg.redis_url && *l->e->cfg.redis_url) {
+		char node[96];
+		snprintf(node, sizeof(node), "%s/loop%u", l->e->nodeid, l->index);
+		struct kumo_throttle_cfg tc = {.redis_url = l->e->cfg.redis_url, .node_id = node,
+					       .log_fn = l->e->cfg.log_fn,
+					       .log_arg = l->e->cfg.log_arg};
+		err = kumo_throttle_new(&tc, &l->ring, kumo_ud(KUMO_OP_THROTTLE, 0, 0),
+					&d->throttle);
+		if (err < 0)
+			kumo_elog(l->e, KUMO_LOG_ERROR, "redis %s: %s", l->e->cfg.redis_url,
+				  strerror(-err));
+	}
 	return err;
 }
 
@@ -1719,6 +1806,8 @@ void kumo_delivery_fini(struct kumo_loop *l)
 	kumo_buf_free(&d->dsn);
 	if (d->dns)
 		kumo_dns_free(d->dns);
+	if (d->throttle)
+		kumo_throttle_free(d->throttle);
 	free(d);
 	l->dlv = NULL;
 }

@@ -26,6 +26,8 @@ void kumo_delivery_io_done(struct kumo_loop *l, uint64_t ud, int res);
 void kumo_delivery_dns_done(struct kumo_loop *l, uint64_t ud, int res);
 /* A site's shaping timer fired: its ready queue may move again. */
 void kumo_delivery_timer_done(struct kumo_loop *l, uint64_t ud);
+/* Completions of the Redis connection's polls. */
+void kumo_delivery_throttle_done(struct kumo_loop *l, uint64_t ud, int res);
 /* Stop taking messages; force closes every connection. */
 void kumo_delivery_shutdown(struct kumo_loop *l, bool force);
 /* True when no outbound connection is open. */

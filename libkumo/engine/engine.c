@@ -46,6 +46,8 @@ static int copy_cfg(struct kumo_engine *e, const struct kumo_engine_cfg *cfg)
 	e->smart_host = cfg->smart_host ? strdup(cfg->smart_host) : NULL;
 	e->dns_servers = cfg->dns_servers ? strdup(cfg->dns_servers) : NULL;
 	e->ehlo_name = cfg->ehlo_name ? strdup(cfg->ehlo_name) : NULL;
+	e->redis_url = cfg->redis_url ? strdup(cfg->redis_url) : NULL;
+	e->cfg.redis_url = e->redis_url;
 	e->cfg.smart_host = e->smart_host;
 	e->cfg.dns_servers = e->dns_servers;
 	e->cfg.ehlo_name = e->ehlo_name;
@@ -583,6 +585,7 @@ void kumo_engine_free(struct kumo_engine *e)
 	free(e->smart_host);
 	free(e->dns_servers);
 	free(e->ehlo_name);
+	free(e->redis_url);
 	free(e);
 }
 

@@ -39,6 +39,7 @@ enum kumo_op {
 	KUMO_OP_OREAD,      /* reading a message record from the spool */
 	KUMO_OP_DNS,        /* c-ares socket polls: the low 56 bits are the resolver's */
 	KUMO_OP_STIMER,     /* a site's shaping timer: slot = site index */
+	KUMO_OP_THROTTLE,   /* Redis connection polls: the low 56 bits are the throttle's */
 };
 
 static inline uint64_t kumo_ud(enum kumo_op op, uint32_t gen, uint32_t slot)
@@ -264,7 +265,7 @@ uint64_t kumo_conf_suspended(const struct kumo_dynconf *c, enum kumo_suspend_kin
 struct kumo_engine {
 	struct kumo_engine_cfg cfg;
 	char *spool_path, *log_path, *hostname, *nodeid, *campaign_header, *tenant_header;
-	char *smart_host, *dns_servers, *ehlo_name;
+	char *smart_host, *dns_servers, *ehlo_name, *redis_url;
 	struct kumo_listener *listeners;
 	size_t nlisteners;
 	struct kumo_policy policy;

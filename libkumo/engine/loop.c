@@ -411,6 +411,9 @@ static void dispatch(struct kumo_loop *l, struct io_uring_cqe *cqe)
 	case KUMO_OP_STIMER:
 		kumo_delivery_timer_done(l, cqe->user_data);
 		break;
+	case KUMO_OP_THROTTLE:
+		kumo_delivery_throttle_done(l, cqe->user_data, cqe->res);
+		break;
 	case KUMO_OP_DNS:
 		kumo_delivery_dns_done(l, cqe->user_data, cqe->res);
 		break;

@@ -65,6 +65,9 @@ struct kumo_site {
 	uint64_t idle_ms;
 	double msg_T, msg_tau, msg_tat;    /* GCRA for messages: interval, tolerance, TAT (ms) */
 	double conn_T, conn_tau, conn_tat; /* GCRA for new connections */
+	/* max_message_rate shared through Redis: the whole rate, one request at a time */
+	uint64_t shared_count, shared_period_ms, shared_burst;
+	bool token_pending, token_ready;
 };
 
 struct kumo_queue {

@@ -257,7 +257,8 @@ static enum kumo_http1_result semantics(struct kumo_http1_request *req,
 		}
 	}
 	if (req->minor_version >= 1 && hosts != 1)
-		return fail(err, 400, hosts ? "several Host header fields" : "no Host header field");
+		return fail(err, 400,
+			    hosts ? "several Host header fields" : "no Host header field");
 	if (te && req->minor_version == 0)
 		return fail(err, 400, "Transfer-Encoding in an HTTP/1.0 request");
 	if (te && cl_seen)
@@ -413,8 +414,8 @@ enum kumo_http1_result kumo_http1_chunked_decode(struct kumo_http1_chunked *d, c
 				d->hexdigits++;
 				break;
 			}
-			if (!d->hexdigits || (c != ';' && c != ' ' && c != '\t' && c != '\r' &&
-					      c != '\n')) {
+			if (!d->hexdigits ||
+			    (c != ';' && c != ' ' && c != '\t' && c != '\r' && c != '\n')) {
 				rc = fail(err, 400, "malformed chunk size");
 				goto out;
 			}
@@ -566,8 +567,9 @@ enum kumo_http1_result kumo_http1_reader_feed(struct kumo_http1_reader *r, char 
 		 * perhaps new, decides whether it is a bare CR), or the size limit is passed. */
 		size_t from = r->scanned ? r->scanned - 1 : 0;
 		r->scanned = *len;
-		if (from >= *len || (!memchr(buf + from, '\n', *len - from) &&
-				     *len < r->lim.max_head && !memchr(buf + from, '\r', *len - from)))
+		if (from >= *len ||
+		    (!memchr(buf + from, '\n', *len - from) && *len < r->lim.max_head &&
+		     !memchr(buf + from, '\r', *len - from)))
 			return KUMO_HTTP1_INCOMPLETE;
 		rc = kumo_http1_parse_head(buf, *len, &r->lim, r->headers, KUMO_HTTP1_MAX_HEADERS,
 					   &r->req, &r->error);
@@ -639,30 +641,30 @@ const char *kumo_http1_reason(int status)
 		int code;
 		const char *text;
 	} reasons[] = {
-		{100, "Continue"},
-		{200, "OK"},
-		{201, "Created"},
-		{202, "Accepted"},
-		{204, "No Content"},
-		{304, "Not Modified"},
-		{400, "Bad Request"},
-		{401, "Unauthorized"},
-		{403, "Forbidden"},
-		{404, "Not Found"},
-		{405, "Method Not Allowed"},
-		{408, "Request Timeout"},
-		{411, "Length Required"},
-		{413, "Content Too Large"},
-		{414, "URI Too Long"},
-		{415, "Unsupported Media Type"},
-		{417, "Expectation Failed"},
-		{422, "Unprocessable Content"},
-		{429, "Too Many Requests"},
-		{431, "Request Header Fields Too Large"},
-		{500, "Internal Server Error"},
-		{501, "Not Implemented"},
-		{503, "Service Unavailable"},
-		{505, "HTTP Version Not Supported"},
+	    {100, "Continue"},
+	    {200, "OK"},
+	    {201, "Created"},
+	    {202, "Accepted"},
+	    {204, "No Content"},
+	    {304, "Not Modified"},
+	    {400, "Bad Request"},
+	    {401, "Unauthorized"},
+	    {403, "Forbidden"},
+	    {404, "Not Found"},
+	    {405, "Method Not Allowed"},
+	    {408, "Request Timeout"},
+	    {411, "Length Required"},
+	    {413, "Content Too Large"},
+	    {414, "URI Too Long"},
+	    {415, "Unsupported Media Type"},
+	    {417, "Expectation Failed"},
+	    {422, "Unprocessable Content"},
+	    {429, "Too Many Requests"},
+	    {431, "Request Header Fields Too Large"},
+	    {500, "Internal Server Error"},
+	    {501, "Not Implemented"},
+	    {503, "Service Unavailable"},
+	    {505, "HTTP Version Not Supported"},
 	};
 	for (size_t i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++)
 		if (reasons[i].code == status)

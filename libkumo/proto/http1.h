@@ -1,7 +1,6 @@
-/* HTTP/1.1 server side, free of I/O: a request head parser that returns views into the
- * caller's buffer and allocates nothing, a body decoder for Content-Length and chunked
- * bodies, a per-connection reader for keep-alive and pipelined requests, and a response
- * writer into a struct kumo_buf. Protocol errors come back as an HTTP status to answer. */
+/* HTTP/1.1 server side, free of I/O: a request head parser returning views into the caller's
+ * buffer (no allocation), Content-Length and chunked body decoding, a per-connection reader
+ * for keep-alive and pipelining, and a response writer. Protocol errors are a status. */
 #ifndef KUMO_PROTO_HTTP1_H
 #define KUMO_PROTO_HTTP1_H
 
@@ -94,13 +93,13 @@ enum kumo_http1_result kumo_http1_parse_head(const char *buf, size_t len,
 /* A chunked body decoder (RFC 9112 7.1). Chunk extensions and trailer fields are checked
  * for stray control characters and then dropped. */
 struct kumo_http1_chunked {
-	int state;	     /* where in the chunk grammar the next byte falls */
-	uint64_t left;	     /* bytes of the current chunk's data still to come */
-	uint64_t total;	     /* decoded bytes so far */
-	uint64_t max_body;   /* limit on total: 413 beyond */
-	size_t line;	     /* bytes of the current size line, or of the trailer section */
-	size_t max_trailer;  /* limit on the trailer section: 431 beyond */
-	unsigned hexdigits;  /* digits of the chunk size read so far */
+	int state;	    /* where in the chunk grammar the next byte falls */
+	uint64_t left;	    /* bytes of the current chunk's data still to come */
+	uint64_t total;	    /* decoded bytes so far */
+	uint64_t max_body;  /* limit on total: 413 beyond */
+	size_t line;	    /* bytes of the current size line, or of the trailer section */
+	size_t max_trailer; /* limit on the trailer section: 431 beyond */
+	unsigned hexdigits; /* digits of the chunk size read so far */
 };
 
 /* Prepares d for a new body. Zero limits take the defaults of kumo_http1_limits. */

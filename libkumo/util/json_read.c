@@ -72,7 +72,8 @@ static void *arena_alloc(struct kumo_json_doc *doc, size_t n)
 			return NULL;
 		nc->cap = cap;
 		nc->used = 0;
-		/* A big one-off block goes behind the current chunk so that its space stays in use. */
+		/* A big one-off block goes behind the current chunk so that its space stays in use.
+		 */
 		if (c && cap == n && c->cap - c->used >= 256) {
 			nc->next = c->next;
 			c->next = nc;
@@ -271,7 +272,8 @@ static int parse_string(struct parser *P, const char **out, size_t *outlen)
 			if (cp >= 0xd800 && cp <= 0xdbff) {
 				if (end - i < 6 || P->p[i] != '\\' || P->p[i + 1] != 'u' ||
 				    hex4(P->p + i + 2, &lo) < 0 || lo < 0xdc00 || lo > 0xdfff)
-					return fail_at(P, i - 6, "unpaired surrogate escape%s", NULL);
+					return fail_at(P, i - 6, "unpaired surrogate escape%s",
+						       NULL);
 				cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
 				i += 6;
 			}
@@ -441,7 +443,8 @@ static int parse_object(struct parser *P, struct kumo_json_value *v)
 				return P->rc;
 			skip_ws(P);
 			if (P->pos >= P->len || P->p[P->pos] != ':')
-				return fail_at(P, P->pos, "':' expected after an object key%s", NULL);
+				return fail_at(P, P->pos, "':' expected after an object key%s",
+					       NULL);
 			P->pos++;
 			struct kumo_json_value item;
 			if (parse_value(P, &item) || push(P, &item, key, klen, koff))
@@ -486,7 +489,8 @@ static int parse_object(struct parser *P, struct kumo_json_value *v)
 				size_t kl = v->c.keys[b].len < 40 ? v->c.keys[b].len : 40;
 				memcpy(name, v->c.keys[b].key, kl);
 				name[kl] = 0;
-				return fail_at(P, P->key_off[base + b], "duplicate key \"%s\"", name);
+				return fail_at(P, P->key_off[base + b], "duplicate key \"%s\"",
+					       name);
 			}
 		}
 	}

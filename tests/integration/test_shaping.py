@@ -141,3 +141,35 @@ def test_pool_sends_from_both_sources(kumod, tmp_path):
     assert {r["egress_pool"] for r in recs} == {"pool-a"}
     for r in recs:
         assert r["source_address"] == {"ip-2": "127.0.0.2", "ip-3": "127.0.0.3"}[r["egress_source"]]
+
+
+def test_two_nodes_share_one_rate_through_redis(kumod, tmp_path):
+    import shutil
+    redis = shutil.which("redis-server")
+    if not redis:
+        import pytest
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    rp = subprocess.Popen([redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                           "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    sink = CountingSink()
+    try:
+        time.sleep(0.5)
+        shaping = tmp_path / "shaping.toml"
+        shaping.write_text('["shared.test"]\nmax_message_rate = "50/s"\n')
+        extra = ('[routing]\nsmart_host = "127.0.0.1:%d"\n[shaping]\nfiles = ["%s"]\n'
+                 '[redis]\nurl = "redis://127.0.0.1:%d"\n' % (sink.port, shaping, port))
+        a = kumod(extra=extra)
+        b = kumod(extra=extra)
+        inject(a, 1000, "shared.test")
+        inject(b, 1000, "shared.test")
+        time.sleep(12)
+        arr = sorted(sink.arrivals)
+        assert len(arr) > 300, len(arr)
+        # after the initial burst, both nodes together stay near one 50/s limit
+        window = [t for t in arr if arr[0] + 2 <= t < arr[0] + 10]
+        assert 360 <= len(window) <= 440, "%d messages in 8 s" % len(window)
+    finally:
+        sink.close()
+        rp.terminate()
+        rp.wait(timeout=10)
