@@ -1,4 +1,5 @@
-/* tsa-daemon: names, keys, copies and timestamps of actions in force; see action.h. */
+/* tsa-daemon: names, keys, copies and timestamps of the actions in force (suspensions,
+ * bounces, configuration overrides); see action.h. */
 #include "action.h"
 
 #include <errno.h>
@@ -8,14 +9,14 @@
 #include <time.h>
 
 static const char *const kind_names[TSA_NKINDS] = {
-	[TSA_SUSPEND] = "Suspend",
-	[TSA_SUSPEND_TENANT] = "SuspendTenant",
-	[TSA_SUSPEND_CAMPAIGN] = "SuspendCampaign",
-	[TSA_SET_CONFIG] = "SetConfig",
-	[TSA_SET_DOMAIN_CONFIG] = "SetDomainConfig",
-	[TSA_BOUNCE] = "Bounce",
-	[TSA_BOUNCE_TENANT] = "BounceTenant",
-	[TSA_BOUNCE_CAMPAIGN] = "BounceCampaign",
+    [TSA_SUSPEND] = "Suspend",
+    [TSA_SUSPEND_TENANT] = "SuspendTenant",
+    [TSA_SUSPEND_CAMPAIGN] = "SuspendCampaign",
+    [TSA_SET_CONFIG] = "SetConfig",
+    [TSA_SET_DOMAIN_CONFIG] = "SetDomainConfig",
+    [TSA_BOUNCE] = "Bounce",
+    [TSA_BOUNCE_TENANT] = "BounceTenant",
+    [TSA_BOUNCE_CAMPAIGN] = "BounceCampaign",
 };
 
 const char *tsa_kind_name(enum tsa_kind kind)

@@ -9,14 +9,14 @@
 #include <stdint.h>
 
 enum tsa_kind {
-	TSA_SUSPEND,		/* the site's ready queue (source->site) */
-	TSA_SUSPEND_TENANT,	/* the tenant's scheduled queues for the domain */
-	TSA_SUSPEND_CAMPAIGN,	/* the tenant's campaign's scheduled queues for the domain */
-	TSA_SET_CONFIG,		/* a shaping setting for the site (mx_rollup) or domain */
-	TSA_SET_DOMAIN_CONFIG,	/* a shaping setting for the domain only (mx_rollup = false) */
-	TSA_BOUNCE,		/* bounce what is queued for the domain */
-	TSA_BOUNCE_TENANT,	/* ... for the tenant and domain */
-	TSA_BOUNCE_CAMPAIGN,	/* ... for the tenant's campaign and domain */
+	TSA_SUSPEND,	       /* the site's ready queue (source->site) */
+	TSA_SUSPEND_TENANT,    /* the tenant's scheduled queues for the domain */
+	TSA_SUSPEND_CAMPAIGN,  /* the tenant's campaign's scheduled queues for the domain */
+	TSA_SET_CONFIG,	       /* a shaping setting for the site (mx_rollup) or domain */
+	TSA_SET_DOMAIN_CONFIG, /* a shaping setting for the domain only (mx_rollup = false) */
+	TSA_BOUNCE,	       /* bounce what is queued for the domain */
+	TSA_BOUNCE_TENANT,     /* ... for the tenant and domain */
+	TSA_BOUNCE_CAMPAIGN,   /* ... for the tenant's campaign and domain */
 	TSA_NKINDS
 };
 
@@ -29,13 +29,13 @@ struct tsa_action {
 	char *domain;	    /* the recipient domain (config), or the queue's domain */
 	char *tenant;	    /* tenant and campaign from the queue name campaign:tenant@domain */
 	char *campaign;
-	char *name;		/* SetConfig/SetDomainConfig: the setting */
-	char *value;		/* its value: TOML inline syntax, or the text of a string */
-	bool value_is_string;	/* value is a TOML string (quote it when writing TOML) */
-	bool mx_rollup;		/* SetConfig from a default or site rule: applies to the site */
-	char *reason;		/* which rule and response caused it */
-	int64_t created_ms;	/* Unix time in ms */
-	int64_t expires_ms;	/* Unix time in ms */
+	char *name;	      /* SetConfig/SetDomainConfig: the setting */
+	char *value;	      /* its value: TOML inline syntax, or the text of a string */
+	bool value_is_string; /* value is a TOML string (quote it when writing TOML) */
+	bool mx_rollup;	      /* SetConfig from a default or site rule: applies to the site */
+	char *reason;	      /* which rule and response caused it */
+	int64_t created_ms;   /* Unix time in ms */
+	int64_t expires_ms;   /* Unix time in ms */
 };
 
 /* KumoMTA's name of a kind ("SuspendTenant"), and back (-1 when unknown). */

@@ -1,4 +1,5 @@
-/* tsa-daemon: configuration file reader; see config.h and docs/reference/tsa-config.md. */
+/* tsa-daemon: reads the TOML configuration file strictly (unknown keys and wrong types are
+ * errors naming file, line and key); see config.h and docs/reference/tsa-config.md. */
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -134,9 +135,9 @@ static int get_duration(struct ctx *x, const struct kumo_toml_value *root, const
 int tsa_config_parse(const char *text, size_t len, const char *name, struct tsa_config *c,
 		     char *err, size_t errcap)
 {
-	static const char *const keys[] = {"listen",	      "shaping_files", "state",
-					   "max_connections", "max_body_size", "idle_timeout",
-					   "max_threshold_windows", NULL};
+	static const char *const keys[] = {
+	    "listen",	    "shaping_files",	     "state", "max_connections", "max_body_size",
+	    "idle_timeout", "max_threshold_windows", NULL};
 	struct ctx x = {.name = name ? name : "<config>", .err = err, .cap = errcap};
 	struct kumo_toml_doc *doc;
 	struct kumo_toml_error terr;
@@ -180,8 +181,9 @@ int tsa_config_parse(const char *text, size_t len, const char *name, struct tsa_
 		goto out;
 	}
 	if (!c->state) {
-		rc = fail(&x, root, "state", "missing: the SQLite file that keeps actions, such as "
-					     "state = \"/var/lib/kumo/tsa.sqlite\"");
+		rc = fail(&x, root, "state",
+			  "missing: the SQLite file that keeps actions, such as "
+			  "state = \"/var/lib/kumo/tsa.sqlite\"");
 		goto out;
 	}
 	const struct kumo_toml_value *files = kumo_toml_get(root, "shaping_files");

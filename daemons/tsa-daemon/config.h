@@ -23,9 +23,9 @@ struct tsa_config {
 	size_t nshaping_files; /* at least 1 */
 	char *state;	       /* the SQLite database */
 	unsigned max_connections;
-	uint64_t max_body;	   /* bytes of one request body */
-	uint64_t idle_timeout_ms;  /* an idle keep-alive connection is closed after this */
-	size_t max_windows;	   /* threshold counters kept at once */
+	uint64_t max_body;	  /* bytes of one request body */
+	uint64_t idle_timeout_ms; /* an idle keep-alive connection is closed after this */
+	size_t max_windows;	  /* threshold counters kept at once */
 };
 
 /* Reads the file at path (or text[0..len) named name) into *c. Returns 0, or -EINVAL /

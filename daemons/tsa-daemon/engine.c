@@ -17,11 +17,11 @@
 #define REASON_RESPONSE_MAX 200
 
 struct window {
-	char *key;	   /* rule hash, source and site: owned */
-	int64_t period_ms; /* of the threshold */
-	uint64_t limit;	   /* matches within the period that trigger the rule */
-	int64_t newest;	   /* time of the newest match counted (ms) */
-	bool buckets;	   /* counted in buckets rather than exactly */
+	char *key;	       /* rule hash, source and site: owned */
+	int64_t period_ms;     /* of the threshold */
+	uint64_t limit;	       /* matches within the period that trigger the rule */
+	int64_t newest;	       /* time of the newest match counted (ms) */
+	bool buckets;	       /* counted in buckets rather than exactly */
 	uint32_t cap, n, head; /* exact: a ring of the last cap match times, oldest at head */
 	int64_t *ts;	       /* exact: match times; buckets: the bucket id of each slot */
 	uint64_t *counts;      /* buckets: matches per slot */
@@ -247,8 +247,9 @@ int tsa_engine_check_record(const struct kumo_json_value *rec, char *err, size_t
 		for (int i = 0; i < 3; i++)
 			if (kumo_json_integer(kumo_json_get(enh, parts[i]), &v) < 0 || v < 0 ||
 			    v > 999)
-				return bad(err, errcap, "field \"response.enhanced_code.%s\": an "
-							"integer from 0 to 999 is required",
+				return bad(err, errcap,
+					   "field \"response.enhanced_code.%s\": an "
+					   "integer from 0 to 999 is required",
 					   parts[i]);
 	}
 	static const char *const strings[] = {"site", "queue", "egress_source"};
@@ -259,8 +260,7 @@ int tsa_engine_check_record(const struct kumo_json_value *rec, char *err, size_t
 	}
 	const struct kumo_json_value *ts = kumo_json_get(rec, "timestamp");
 	double d;
-	if (ts && !kumo_json_is_null(ts) &&
-	    (kumo_json_number(ts, &d) < 0 || !(d >= 0 && d < 1e11)))
+	if (ts && !kumo_json_is_null(ts) && (kumo_json_number(ts, &d) < 0 || !(d >= 0 && d < 1e11)))
 		return bad(err, errcap, "field \"%s\": Unix seconds are required", "timestamp");
 	const struct kumo_json_value *peer = kumo_json_get(rec, "peer_address");
 	if (peer && !kumo_json_is_null(peer) && !is_type(peer, KUMO_JSON_OBJECT))
@@ -567,7 +567,8 @@ size_t tsa_engine_count(const struct tsa_engine *e, int kind, int64_t now_ms)
 {
 	size_t n = 0;
 	for (size_t i = 0; i < e->nacts; i++)
-		if (live(&e->acts[i], now_ms) && (kind == TSA_NKINDS || (int)e->acts[i].kind == kind))
+		if (live(&e->acts[i], now_ms) &&
+		    (kind == TSA_NKINDS || (int)e->acts[i].kind == kind))
 			n++;
 	return n;
 }
@@ -582,8 +583,8 @@ struct record {
 	struct queue_parts q; /* from the queue name */
 	const char *line;     /* response line */
 	size_t line_len;
-	bool internal;	      /* a KumoMTA-internal response */
-	int64_t ts_ms;	      /* when it happened (at most now) */
+	bool internal; /* a KumoMTA-internal response */
+	int64_t ts_ms; /* when it happened (at most now) */
 	const char *const *hosts;
 	size_t nhosts;
 };
@@ -659,14 +660,15 @@ static int fire(struct tsa_engine *e, const struct kumo_shaping_rule *r,
 			a.value_is_string = i < info->nactions && info->value_is_string[i];
 			/* KumoMTA: default and site rules override the site (mx_rollup), provider
 			 * and domain rules the domain; SetDomainConfig always the domain. */
-			a.mx_rollup = a.kind == TSA_SET_CONFIG &&
-				      (r->scope == KUMO_SHAPING_SCOPE_DEFAULT ||
-				       r->scope == KUMO_SHAPING_SCOPE_SITE);
+			a.mx_rollup =
+			    a.kind == TSA_SET_CONFIG && (r->scope == KUMO_SHAPING_SCOPE_DEFAULT ||
+							 r->scope == KUMO_SHAPING_SCOPE_SITE);
 			break;
 		case KUMO_SHAPING_ACT_SUSPEND_TENANT:
 		case KUMO_SHAPING_ACT_SUSPEND_CAMPAIGN:
-			a.kind = act->kind == KUMO_SHAPING_ACT_SUSPEND_TENANT ? TSA_SUSPEND_TENANT
-									      : TSA_SUSPEND_CAMPAIGN;
+			a.kind = act->kind == KUMO_SHAPING_ACT_SUSPEND_TENANT
+				     ? TSA_SUSPEND_TENANT
+				     : TSA_SUSPEND_CAMPAIGN;
 			needs_tenant = true;
 			break;
 		case KUMO_SHAPING_ACT_BOUNCE:
@@ -694,8 +696,8 @@ static int fire(struct tsa_engine *e, const struct kumo_shaping_rule *r,
 				continue;
 			}
 		}
-		const char *regex = matched >= 0 && (size_t)matched < r->nregex ? r->regex[matched]
-										 : "";
+		const char *regex =
+		    matched >= 0 && (size_t)matched < r->nregex ? r->regex[matched] : "";
 		if (!(a.reason = (char *)make_reason(e, r, regex, rec, &a)))
 			return -ENOMEM;
 		int rc = upsert(e, &a, true);
@@ -765,8 +767,8 @@ static int evaluate(struct tsa_engine *e, struct record *rec, int64_t now_ms)
 {
 	struct kumo_shaping *sh = tsa_rules_shaping(e->rules);
 	learn_site(e, rec);
-	size_t n = kumo_shaping_rules(sh, rec->domain, rec->hosts, rec->nhosts, e->rulebuf,
-				      e->rulecap);
+	size_t n =
+	    kumo_shaping_rules(sh, rec->domain, rec->hosts, rec->nhosts, e->rulebuf, e->rulecap);
 	if (n > e->rulecap) {
 		const struct kumo_shaping_rule **nb = realloc(e->rulebuf, n * sizeof(*nb));
 		if (!nb)
@@ -858,7 +860,7 @@ int tsa_engine_publish(struct tsa_engine *e, const struct kumo_json_value *js, i
 	size_t nr = kumo_json_type(rv) == KUMO_JSON_ARRAY ? kumo_json_count(rv) : 1;
 	for (size_t i = 0; i < nr && rc == 0; i++) {
 		const char *r = kumo_json_string(
-			kumo_json_type(rv) == KUMO_JSON_ARRAY ? kumo_json_at(rv, i) : rv, NULL);
+		    kumo_json_type(rv) == KUMO_JSON_ARRAY ? kumo_json_at(rv, i) : rv, NULL);
 		if (!r || !recipient_domain(r, &dom)) {
 			e->st.ignored++;
 			continue;
@@ -913,7 +915,8 @@ static int cmp_config(const void *x, const void *y)
 	int c = strcmp0(a->domain, b->domain);
 	if (c)
 		return c;
-	bool ua = strcmp0(a->source, "unspecified") == 0, ub = strcmp0(b->source, "unspecified") == 0;
+	bool ua = strcmp0(a->source, "unspecified") == 0,
+	     ub = strcmp0(b->source, "unspecified") == 0;
 	if (ua != ub)
 		return ua ? -1 : 1;
 	if ((c = strcmp0(a->source, b->source)) || (c = strcmp0(a->name, b->name)))
@@ -1050,8 +1053,7 @@ static void json_time(struct kumo_json *j, const char *key, int64_t ms)
 	kumo_json_str(j, when);
 }
 
-void tsa_engine_suspensions_json(const struct tsa_engine *e, int64_t now_ms,
-				 struct kumo_buf *out)
+void tsa_engine_suspensions_json(const struct tsa_engine *e, int64_t now_ms, struct kumo_buf *out)
 {
 	struct kumo_json j;
 	size_t n;
@@ -1138,42 +1140,45 @@ void tsa_engine_metrics(const struct tsa_engine *e, int64_t now_ms, struct kumo_
 		const char *name, *help;
 		size_t off;
 	} counters[] = {
-		{"tsa_records_total", "log records published",
-		 offsetof(struct tsa_engine_stats, records)},
-		{"tsa_recipients_evaluated_total",
-		 "TransientFailure and Bounce recipients evaluated against the rules",
-		 offsetof(struct tsa_engine_stats, evaluated)},
-		{"tsa_records_ignored_total", "records of other types or without a domain",
-		 offsetof(struct tsa_engine_stats, ignored)},
-		{"tsa_rule_matches_total", "rule regex matches",
-		 offsetof(struct tsa_engine_stats, matches)},
-		{"tsa_actions_fired_total", "actions created or extended",
-		 offsetof(struct tsa_engine_stats, fired)},
-		{"tsa_actions_skipped_total", "tenant or campaign actions without a tenant",
-		 offsetof(struct tsa_engine_stats, skipped)},
-		{"tsa_threshold_windows_full_total", "matches not counted: too many counters",
-		 offsetof(struct tsa_engine_stats, windows_full)},
-		{"tsa_actions_expired_total", "actions removed at expiry",
-		 offsetof(struct tsa_engine_stats, expired)},
-		{"tsa_sites_bound_total", "site entries bound to an MX set seen in a record",
-		 offsetof(struct tsa_engine_stats, sites_bound)},
+	    {"tsa_records_total", "log records published",
+	     offsetof(struct tsa_engine_stats, records)},
+	    {"tsa_recipients_evaluated_total",
+	     "TransientFailure and Bounce recipients evaluated against the rules",
+	     offsetof(struct tsa_engine_stats, evaluated)},
+	    {"tsa_records_ignored_total", "records of other types or without a domain",
+	     offsetof(struct tsa_engine_stats, ignored)},
+	    {"tsa_rule_matches_total", "rule regex matches",
+	     offsetof(struct tsa_engine_stats, matches)},
+	    {"tsa_actions_fired_total", "actions created or extended",
+	     offsetof(struct tsa_engine_stats, fired)},
+	    {"tsa_actions_skipped_total", "tenant or campaign actions without a tenant",
+	     offsetof(struct tsa_engine_stats, skipped)},
+	    {"tsa_threshold_windows_full_total", "matches not counted: too many counters",
+	     offsetof(struct tsa_engine_stats, windows_full)},
+	    {"tsa_actions_expired_total", "actions removed at expiry",
+	     offsetof(struct tsa_engine_stats, expired)},
+	    {"tsa_sites_bound_total", "site entries bound to an MX set seen in a record",
+	     offsetof(struct tsa_engine_stats, sites_bound)},
 	};
 	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
 		kumo_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", counters[i].name,
 				counters[i].help, counters[i].name, counters[i].name,
 				(unsigned long long)*(const uint64_t *)((const char *)&e->st +
 									counters[i].off));
-	kumo_buf_printf(out, "# HELP tsa_regex_errors_total regex runs that failed (limits)\n"
-			     "# TYPE tsa_regex_errors_total counter\ntsa_regex_errors_total %lu\n",
+	kumo_buf_printf(out,
+			"# HELP tsa_regex_errors_total regex runs that failed (limits)\n"
+			"# TYPE tsa_regex_errors_total counter\ntsa_regex_errors_total %lu\n",
 			tsa_rules_errors(e->rules));
 	kumo_buf_puts(out, "# HELP tsa_actions actions in force\n# TYPE tsa_actions gauge\n");
 	for (int k = 0; k < TSA_NKINDS; k++)
 		kumo_buf_printf(out, "tsa_actions{kind=\"%s\"} %zu\n", tsa_kind_name(k),
 				tsa_engine_count(e, k, now_ms));
-	kumo_buf_printf(out, "# HELP tsa_threshold_windows threshold counters in use\n"
-			     "# TYPE tsa_threshold_windows gauge\ntsa_threshold_windows %zu\n",
+	kumo_buf_printf(out,
+			"# HELP tsa_threshold_windows threshold counters in use\n"
+			"# TYPE tsa_threshold_windows gauge\ntsa_threshold_windows %zu\n",
 			e->nwins);
-	kumo_buf_printf(out, "# HELP tsa_rules automation rules loaded\n"
-			     "# TYPE tsa_rules gauge\ntsa_rules %zu\n",
+	kumo_buf_printf(out,
+			"# HELP tsa_rules automation rules loaded\n"
+			"# TYPE tsa_rules gauge\ntsa_rules %zu\n",
 			tsa_rules_count(e->rules));
 }

@@ -1,9 +1,6 @@
-/* tsa-daemon: the automation engine. Takes KumoMTA JSON log records, finds the shaping
- * rules that apply to each record's destination, matches the response against their
- * regexes, counts threshold triggers per rule and site in a sliding window, and keeps the
- * actions in force until they expire; renders them as a shaping overlay, suspension and
- * bounce lists, and metrics. No I/O: time comes in as an argument and saving actions is a
- * callback. */
+/* tsa-daemon: the automation engine, free of I/O. Evaluates KumoMTA log records against the
+ * shaping files' automation rules (regexes, Immediate and Threshold triggers), keeps the
+ * actions in force until they expire, and renders them as overlay, lists and metrics. */
 #ifndef TSA_ENGINE_H
 #define TSA_ENGINE_H
 
@@ -82,8 +79,7 @@ void tsa_engine_stats(const struct tsa_engine *e, struct tsa_engine_stats *st);
  * bounces_json: [{rule_hash, domain, tenant, campaign, reason, expires}].
  * metrics: Prometheus text format. */
 void tsa_engine_shaping_toml(const struct tsa_engine *e, int64_t now_ms, struct kumo_buf *out);
-void tsa_engine_suspensions_json(const struct tsa_engine *e, int64_t now_ms,
-				 struct kumo_buf *out);
+void tsa_engine_suspensions_json(const struct tsa_engine *e, int64_t now_ms, struct kumo_buf *out);
 void tsa_engine_bounces_json(const struct tsa_engine *e, int64_t now_ms, struct kumo_buf *out);
 void tsa_engine_metrics(const struct tsa_engine *e, int64_t now_ms, struct kumo_buf *out);
 

@@ -1,7 +1,5 @@
-/* tsa-daemon: traffic shaping automation. Reads its TOML config, loads the shaping files'
- * automation rules, restores the actions in force from SQLite, and serves the HTTP API
- * (publish_log_v1, get_config_v1/shaping.toml, get_suspension_v1/suspended.json, ...)
- * until SIGINT or SIGTERM. */
+/* tsa-daemon: traffic shaping automation. Reads its config, loads the automation rules,
+ * restores the actions in force from SQLite, and serves the HTTP API until SIGINT/SIGTERM. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>

@@ -1,4 +1,5 @@
-/* tsa-daemon: string-keyed hash map; see map.h. FNV-1a hashes, load factor at most 1/2. */
+/* tsa-daemon: a string-keyed hash map of indices with FNV-1a hashes, linear probing and a
+ * load factor of at most 1/2; see map.h. */
 #include "map.h"
 
 #include <errno.h>
@@ -42,7 +43,7 @@ static int grow(struct tsa_map *m)
 	for (size_t i = 0; i < old.cap; i++)
 		if (old.slots[i].key)
 			m->slots[find(m, old.slots[i].key, old.slots[i].klen, old.slots[i].hash)] =
-				old.slots[i];
+			    old.slots[i];
 	free(old.slots);
 	return 0;
 }

@@ -115,9 +115,8 @@ static int add_rule(struct walk *w, const struct kumo_toml_value *t, const char 
 		return -ENOMEM;
 	}
 	for (size_t i = 0; i < nre; i++) {
-		const struct kumo_toml_value *p = kumo_toml_type(re) == KUMO_TOML_ARRAY
-							  ? kumo_toml_at(re, i)
-							  : re;
+		const struct kumo_toml_value *p =
+		    kumo_toml_type(re) == KUMO_TOML_ARRAY ? kumo_toml_at(re, i) : re;
 		size_t len;
 		const char *s = kumo_toml_string(p, &len);
 		if (kumo_toml_type(p) != KUMO_TOML_STRING)
@@ -130,7 +129,7 @@ static int add_rule(struct walk *w, const struct kumo_toml_value *t, const char 
 	}
 	for (size_t i = 0; i < nact; i++)
 		ru->value_is_string[i] = action_value_is_string(
-			kumo_toml_type(act) == KUMO_TOML_ARRAY ? kumo_toml_at(act, i) : act);
+		    kumo_toml_type(act) == KUMO_TOML_ARRAY ? kumo_toml_at(act, i) : act);
 	ru->info.regex = (const char *const *)ru->regex;
 	ru->info.nactions = nact;
 	ru->info.value_is_string = ru->value_is_string;

@@ -1,7 +1,6 @@
-/* tsa-daemon: the automation rules of the shaping files, ready to run. Loads the files with
- * the shaping loader, reads them once more as TOML to compile every rule's regexes with
- * PCRE2 (JIT when available) and to learn which SetConfig values are TOML strings, and
- * matches a response line against a rule. */
+/* tsa-daemon: the automation rules of the shaping files ready to run: loaded with the shaping
+ * loader, their regexes compiled with PCRE2 (JIT when available), SetConfig value types known,
+ * and a response line matched against a rule. */
 #ifndef TSA_RULES_H
 #define TSA_RULES_H
 

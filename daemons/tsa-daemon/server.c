@@ -1,8 +1,6 @@
-/* tsa-daemon: HTTP/1.1 server on one io_uring loop; see server.h. Completions are
- * dispatched on the op code in user_data {op, slot, generation}, so that a completion for
- * a connection that was closed meanwhile is recognised. A connection's input buffer is
- * only touched while no receive is in flight, and its output is double-buffered so that
- * the bytes of a send in flight never move. */
+/* tsa-daemon: HTTP/1.1 server on one io_uring loop; see server.h. Completions dispatch on the
+ * op code in user_data {op, slot, generation}; a connection's input is only touched while no
+ * receive is in flight, and its output is double-buffered so a send's bytes never move. */
 #include "server.h"
 
 #include <errno.h>
@@ -80,9 +78,9 @@ struct tsa_server {
 	bool accept_armed, accept_paused;
 	bool stopping;
 	int64_t stop_deadline;
-	uint64_t last_seq;    /* newest store write submitted */
-	bool persist_failed;  /* a store write could not be queued (no memory) */
-	size_t in_max;	      /* largest input buffer of a connection */
+	uint64_t last_seq;   /* newest store write submitted */
+	bool persist_failed; /* a store write could not be queued (no memory) */
+	size_t in_max;	     /* largest input buffer of a connection */
 	struct kumo_http1_limits limits;
 	struct kumo_buf scratch;
 	struct counters n;
@@ -201,8 +199,7 @@ static void arm_recv(struct tsa_server *s, struct conn *c)
 		return;
 	}
 	struct io_uring_sqe *sqe = sqe_get(s);
-	io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, room < RECV_CHUNK ? room : RECV_CHUNK,
-			   0);
+	io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, room < RECV_CHUNK ? room : RECV_CHUNK, 0);
 	io_uring_sqe_set_data64(sqe, ud(OP_RECV, (uint32_t)(c - s->conns), c->gen));
 	c->recv_armed = true;
 }
@@ -316,9 +313,9 @@ static bool json_media_type(const struct kumo_http1_request *req)
 	size_t n = 0;
 	while (n < h->value_len && h->value[n] != ';' && h->value[n] != ' ' && h->value[n] != '\t')
 		n++;
-	static const char *const types[] = {"application/json", "application/x-ndjson",
+	static const char *const types[] = {"application/json",	 "application/x-ndjson",
 					    "application/jsonl", "application/json-seq",
-					    "text/plain", NULL};
+					    "text/plain",	 NULL};
 	for (int i = 0; types[i]; i++)
 		if (n == strlen(types[i]) && strncasecmp(h->value, types[i], n) == 0)
 			return true;
@@ -355,19 +352,21 @@ static void publish(struct tsa_server *s, struct conn *c, const struct kumo_http
 			goto answer;
 		}
 		if (rc < 0) {
-			int line = jerr.line, col = jerr.col;
-			if (off) { /* position in the whole body */
-				kumo_json_parse(req->body, off + jerr.offset, NULL, &doc, &jerr);
-				kumo_json_doc_free(doc);
-				line = col = 0;
+			/* The position in the whole body, not in the value that failed. */
+			size_t at = off + jerr.offset;
+			int line = 1, col = 1;
+			for (size_t i = 0; i < at; i++) {
+				unsigned char ch = (unsigned char)req->body[i];
+				if (ch == '\n') {
+					line++;
+					col = 1;
+				} else if ((ch & 0xc0) != 0x80) {
+					col++;
+				}
 			}
 			status = 400;
-			if (line)
-				snprintf(msg, sizeof(msg), "invalid JSON at line %d, column %d: %s",
-					 line, col, jerr.msg);
-			else
-				snprintf(msg, sizeof(msg), "invalid JSON at byte %zu: %s",
-					 off + jerr.offset, jerr.msg);
+			snprintf(msg, sizeof(msg), "invalid JSON at line %d, column %d: %s", line,
+				 col, jerr.msg);
 			goto answer;
 		}
 		off += end;
@@ -389,7 +388,8 @@ static void publish(struct tsa_server *s, struct conn *c, const struct kumo_http
 		for (size_t i = 0; i < k; i++) {
 			if (nrecs == capr) {
 				capr = capr ? capr * 2 : 16;
-				const struct kumo_json_value **nr = realloc(recs, capr * sizeof(*nr));
+				const struct kumo_json_value **nr =
+				    realloc(recs, capr * sizeof(*nr));
 				if (!nr) {
 					status = 500;
 					snprintf(msg, sizeof(msg), "out of memory");
@@ -429,8 +429,8 @@ static void publish(struct tsa_server *s, struct conn *c, const struct kumo_http
 	if (!status) {
 		tsa_engine_stats(s->engine, &after);
 		struct kumo_buf body = {0};
-		kumo_buf_printf(&body, "{\"records\":%zu,\"matches\":%llu,\"actions\":%llu}\n", nrecs,
-				(unsigned long long)(after.matches - before.matches),
+		kumo_buf_printf(&body, "{\"records\":%zu,\"matches\":%llu,\"actions\":%llu}\n",
+				nrecs, (unsigned long long)(after.matches - before.matches),
 				(unsigned long long)(after.fired - before.fired));
 		struct reply r = {200, "application/json", body.data, body.len, NULL};
 		bool close = !req->keep_alive || s->stopping;
@@ -495,15 +495,16 @@ static void handle(struct tsa_server *s, struct conn *c, const struct kumo_http1
 		const char *path;
 		enum route route;
 	} routes[] = {
-		{"/publish_log_v1", R_PUBLISH},
-		{"/get_config_v1/shaping.toml", R_CONFIG},
-		{"/get_suspension_v1/suspended.json", R_SUSPENSIONS},
-		{"/get_bounce_v1/bounced.json", R_BOUNCES},
-		{"/metrics", R_METRICS},
+	    {"/publish_log_v1", R_PUBLISH},
+	    {"/get_config_v1/shaping.toml", R_CONFIG},
+	    {"/get_suspension_v1/suspended.json", R_SUSPENSIONS},
+	    {"/get_bounce_v1/bounced.json", R_BOUNCES},
+	    {"/metrics", R_METRICS},
 	};
 	const char *m = req->method, *p = req->target;
 	size_t ml = req->method_len, pl = req->target_len;
-	bool get = view_is(m, ml, "GET"), head = view_is(m, ml, "HEAD"), post = view_is(m, ml, "POST");
+	bool get = view_is(m, ml, "GET"), head = view_is(m, ml, "HEAD"),
+	     post = view_is(m, ml, "POST");
 	int minor = req->minor_version;
 
 	s->n.requests++;
@@ -634,9 +635,10 @@ static void on_accept(struct tsa_server *s, int res)
 	arm_accept(s);
 	if (s->free_head == UINT32_MAX) {
 		/* The table is full: a short answer without waiting for the request. */
-		static const char full[] = "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
-					   "Content-Type: application/json\r\nContent-Length: 33\r\n"
-					   "\r\n{\"error\":\"too many connections\"}\n";
+		static const char full[] =
+		    "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+		    "Content-Type: application/json\r\nContent-Length: 33\r\n"
+		    "\r\n{\"error\":\"too many connections\"}\n";
 		ssize_t w = send(res, full, sizeof(full) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
 		(void)w;
 		close(res);
@@ -724,8 +726,8 @@ static void on_notify(struct tsa_server *s)
 		c->wait_seq = 0;
 		if (failed) {
 			c->held.len = 0;
-			send_error(s, c, &c->next, 500, "the actions could not be saved", NULL, false,
-				   1);
+			send_error(s, c, &c->next, 500, "the actions could not be saved", NULL,
+				   false, 1);
 		} else {
 			kumo_buf_append(&c->next, c->held.data, c->held.len);
 			c->held.len = 0;
@@ -884,7 +886,8 @@ int tsa_server_run(struct tsa_server *s)
 	return 0;
 }
 
-/* ---- setup ------------------------------------------------------------------------------------ */
+/* ---- setup ------------------------------------------------------------------------------------
+ */
 
 int tsa_server_new(const struct tsa_server_cfg *cfg, struct tsa_engine *engine,
 		   struct tsa_store *store, struct tsa_server **out, char *err, size_t errcap)
@@ -937,9 +940,9 @@ int tsa_server_new(const struct tsa_server_cfg *cfg, struct tsa_engine *engine,
 	struct sockaddr_storage bound;
 	socklen_t bl = sizeof(bound);
 	if (getsockname(s->listen_fd, (struct sockaddr *)&bound, &bl) == 0)
-		s->port = ntohs(bound.ss_family == AF_INET6
-					? ((struct sockaddr_in6 *)&bound)->sin6_port
-					: ((struct sockaddr_in *)&bound)->sin_port);
+		s->port =
+		    ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+						      : ((struct sockaddr_in *)&bound)->sin_port);
 	if ((rc = io_uring_queue_init(RING_ENTRIES, &s->ring, 0)) < 0) {
 		snprintf(err, errcap, "io_uring: %s", strerror(-rc));
 		goto fail;

@@ -1,8 +1,6 @@
-/* tsa-daemon: the HTTP/1.1 server. One io_uring loop on one thread accepts, receives and
- * sends for a fixed table of connections (keep-alive, pipelining, idle timeouts), parses
- * requests with proto/http1, routes them to the engine, and answers a publish only once
- * the actions it caused are on disk. SIGINT and SIGTERM (read through a signalfd) stop it
- * after the connections in progress are answered. */
+/* tsa-daemon: the HTTP/1.1 server: one io_uring loop serving a fixed table of keep-alive
+ * connections, routing requests to the engine, and answering a publish only once the
+ * actions it caused are on disk. */
 #ifndef TSA_SERVER_H
 #define TSA_SERVER_H
 

@@ -32,8 +32,8 @@ struct op {
 	struct op *next;
 	uint64_t seq;
 	bool prune;
-	int64_t now_ms;	      /* prune: rows with expires_ms <= now_ms go */
-	struct tsa_action a;  /* put: an owned copy */
+	int64_t now_ms;	     /* prune: rows with expires_ms <= now_ms go */
+	struct tsa_action a; /* put: an owned copy */
 };
 
 struct tsa_store {
@@ -134,19 +134,19 @@ int tsa_store_load(struct tsa_store *s, int64_t now_ms,
 		if (kind < 0 || !hash || strlen(hash) != 32)
 			continue; /* a row this version does not know */
 		struct tsa_action a = {
-			.kind = (enum tsa_kind)kind,
-			.site = (char *)col(st, 2),
-			.source = (char *)col(st, 3),
-			.domain = (char *)col(st, 4),
-			.tenant = (char *)col(st, 5),
-			.campaign = (char *)col(st, 6),
-			.name = (char *)col(st, 7),
-			.value = (char *)col(st, 8),
-			.value_is_string = sqlite3_column_int(st, 9) != 0,
-			.mx_rollup = sqlite3_column_int(st, 10) != 0,
-			.reason = (char *)col(st, 11),
-			.created_ms = sqlite3_column_int64(st, 12),
-			.expires_ms = sqlite3_column_int64(st, 13),
+		    .kind = (enum tsa_kind)kind,
+		    .site = (char *)col(st, 2),
+		    .source = (char *)col(st, 3),
+		    .domain = (char *)col(st, 4),
+		    .tenant = (char *)col(st, 5),
+		    .campaign = (char *)col(st, 6),
+		    .name = (char *)col(st, 7),
+		    .value = (char *)col(st, 8),
+		    .value_is_string = sqlite3_column_int(st, 9) != 0,
+		    .mx_rollup = sqlite3_column_int(st, 10) != 0,
+		    .reason = (char *)col(st, 11),
+		    .created_ms = sqlite3_column_int64(st, 12),
+		    .expires_ms = sqlite3_column_int64(st, 13),
 		};
 		memcpy(a.rule_hash, hash, 33);
 		if ((rc = fn(arg, &a)) != 0)

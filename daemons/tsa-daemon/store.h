@@ -1,7 +1,6 @@
-/* tsa-daemon: the state store. Actions in force are kept in one SQLite table so that they
- * survive restarts; expired rows are pruned. Writes are handed to a writer thread that
- * commits them in batches (one transaction, one sync, for everything queued meanwhile)
- * and then signals an eventfd, so the event loop never waits for the disk. */
+/* tsa-daemon: the state store. Actions in force are rows of one SQLite table, written in
+ * batches (one transaction and one sync each) by a writer thread that signals an eventfd,
+ * so that the event loop never waits for the disk. */
 #ifndef TSA_STORE_H
 #define TSA_STORE_H
 

@@ -46,7 +46,8 @@ static void walk(const struct kumo_json_value *v, int depth)
 	case KUMO_JSON_OBJECT:
 		for (size_t k = 0; k < n; k++) {
 			const char *key = kumo_json_key_at(v, k, &len);
-			if (!key || key[len] != 0 || kumo_json_getn(v, key, len) != kumo_json_at(v, k))
+			if (!key || key[len] != 0 ||
+			    kumo_json_getn(v, key, len) != kumo_json_at(v, k))
 				abort();
 			walk(kumo_json_at(v, k), depth + 1);
 		}

@@ -1,7 +1,6 @@
-"""tsa-daemon on loopback: log records posted to /publish_log_v1 trigger the automation rules
-of a shaping file (an Immediate Suspend, a Threshold SetConfig, tenant and campaign actions);
-the suspension list and the shaping overlay show them (and kumod loads the overlay), they
-survive a restart, they expire, and bad requests get 4xx answers with a JSON body."""
+"""tsa-daemon on loopback: posted log records trigger a shaping file's automation rules; the
+suspension lists and the shaping overlay (which kumod loads) show the actions, which survive a
+restart and expire; bad requests get 4xx answers with a JSON body."""
 import http.client
 import json
 import os
@@ -328,6 +327,8 @@ def test_bad_requests(tsa):
     cases = [
         (t.publish(None, raw=b'{"type": "Bounce",'), 400, "invalid JSON"),
         (t.publish(None, raw=b''), 400, "empty body"),
+        (t.publish(None, raw=json.dumps(record("x")).encode() + b'\n{"type": }'), 400,
+         "line 2, column 10"),
         (t.publish(None, raw=b'[1]'), 422, "JSON object"),
         (t.publish({"type": "Bounce", "recipient": "a@b"}), 422, "response"),
         (t.publish([record("x"), {"type": "Bounce", "recipient": 5}]), 422, "record 2"),
@@ -380,3 +381,30 @@ def test_config_and_rule_errors(tmp_path):
     r = subprocess.run([TSA, "--check-config", good.config], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 1 and "tsa.toml:4: key 'bogus'" in r.stderr, r.stderr
+
+
+def test_connection_table_and_timeouts(tsa):
+    t = tsa(extra='max_connections = 2\nidle_timeout = "1s"\n')
+    s1 = socket.create_connection(("127.0.0.1", t.port), timeout=10)
+    s2 = socket.create_connection(("127.0.0.1", t.port), timeout=10)
+    try:
+        s1.sendall(b"GET /metrics HTTP/1.1\r\nHo")
+        time.sleep(0.3)  # both accepted before the third arrives
+        status, body = raw(t, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert status == 503 and json.loads(body)["error"] == "too many connections"
+        # A request that does not arrive in time: 408. An idle connection: closed.
+        data = b""
+        while True:
+            got = s1.recv(4096)
+            if not got:
+                break
+            data += got
+        assert data.startswith(b"HTTP/1.1 408 "), data
+        assert b"Connection: close" in data
+        assert s2.recv(4096) == b""
+    finally:
+        s1.close()
+        s2.close()
+    # Slots are free again.
+    st, _, _ = t.request("GET", "/metrics")
+    assert st == 200

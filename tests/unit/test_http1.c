@@ -1,7 +1,6 @@
-/* Unit tests for the HTTP/1.1 request parser, chunked decoder, reader and response writer
- * (proto/http1): inputs end against a guard page, every truncation point of a valid request
- * is incomplete, pipelined streams split anywhere give the same requests, and malformed
- * requests get 400, 413, 414, 417, 431, 501 or 505. */
+/* Unit tests for proto/http1: inputs end against a guard page, every truncation of a valid
+ * request is incomplete, pipelined streams split anywhere give the same requests, and
+ * malformed requests get 400, 413, 414, 417, 431, 501 or 505. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -47,7 +46,7 @@ static enum kumo_http1_result parse(const char *s, size_t n, struct kumo_http1_r
 {
 	struct guarded g = guard(s, n);
 	enum kumo_http1_result rc =
-		kumo_http1_parse_head(g.p, n, NULL, h, KUMO_HTTP1_MAX_HEADERS, req, err);
+	    kumo_http1_parse_head(g.p, n, NULL, h, KUMO_HTTP1_MAX_HEADERS, req, err);
 	/* The views point into the guarded copy: translate them back to s. */
 	if (rc == KUMO_HTTP1_OK) {
 		ptrdiff_t d = s - g.p;
@@ -93,15 +92,15 @@ static void test_simple_get(void **state)
 
 /* Valid requests: every proper prefix is incomplete, the whole parses, bare LF works too. */
 static const char *const valid[] = {
-	"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-	"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
-	"POST /publish_log_v1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n"
-	"Content-Type: application/json\r\n\r\n",
-	"POST /x HTTP/1.1\nHost: a\nTransfer-Encoding: chunked\n\n",
-	"GET /x HTTP/1.0\r\n\r\n",
-	"GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
-	"OPTIONS * HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nX-Obs: caf\xc3\xa9\r\n\r\n",
-	"GET /x HTTP/1.9\r\nHost: a\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "POST /publish_log_v1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n"
+    "Content-Type: application/json\r\n\r\n",
+    "POST /x HTTP/1.1\nHost: a\nTransfer-Encoding: chunked\n\n",
+    "GET /x HTTP/1.0\r\n\r\n",
+    "GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    "OPTIONS * HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nX-Obs: caf\xc3\xa9\r\n\r\n",
+    "GET /x HTTP/1.9\r\nHost: a\r\n\r\n",
 };
 
 static void test_every_truncation(void **state)
@@ -131,13 +130,13 @@ static void test_keep_alive_rules(void **state)
 		bool keep_alive;
 		int minor;
 	} cases[] = {
-		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true, 1},
-		{"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", false, 1},
-		{"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, CLOSE\r\n\r\n", false, 1},
-		{"GET / HTTP/1.0\r\n\r\n", false, 0},
-		{"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true, 0},
-		{"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", false, 0},
-		{"GET / HTTP/1.3\r\nHost: a\r\n\r\n", true, 1},
+	    {"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true, 1},
+	    {"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", false, 1},
+	    {"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, CLOSE\r\n\r\n", false, 1},
+	    {"GET / HTTP/1.0\r\n\r\n", false, 0},
+	    {"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true, 0},
+	    {"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", false, 0},
+	    {"GET / HTTP/1.3\r\nHost: a\r\n\r\n", true, 1},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct kumo_http1_request req;
@@ -175,40 +174,39 @@ static const struct {
 	const char *s;
 	int status;
 } malformed[] = {
-	{"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400},
-	{"GET / HTTP/1.1 \r\nHost: a\r\n\r\n", 400},
-	{"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400},
-	{"GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n", 400},
-	{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0}, /* control: valid */
-	{"GET / HTTX/1.1\r\nHost: a\r\n\r\n", 400},
-	{"GET / HTTP/11\r\nHost: a\r\n\r\n", 400},
-	{"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505},
-	{"GET / HTTP/0.9\r\n\r\n", 505},
-	{"GET /\r\n\r\n", 400},
-	{"GET / HTTP/1.1\r\n\r\n", 400},			      /* no Host */
-	{"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},	      /* two Hosts */
-	{"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400},		      /* space before ':' */
-	{"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", 400},	      /* obs-fold */
-	{"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", 400},      /* control in value */
-	{"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7f\r\n\r\n", 400},	      /* DEL in value */
-	{"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", 400},	      /* bare CR */
-	{"GET / HTTP/1.1\r\nHost: a\r\n: empty\r\n\r\n", 400},	      /* empty name */
-	{"GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n", 400},
-	{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n", 400},
-	{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400},
-	{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400},
-	{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n", 400},
-	{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n", 400},
-	{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2097152\r\n\r\n", 413},
-	{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n", 413},
-	{"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501},
-	{"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
-	{"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400},
-	{"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-	 400},
-	{"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n", 400},
-	{"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
-	{"POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417},
+    {"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+    {"GET / HTTP/1.1 \r\nHost: a\r\n\r\n", 400},
+    {"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+    {"GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+    {"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0}, /* control: valid */
+    {"GET / HTTX/1.1\r\nHost: a\r\n\r\n", 400},
+    {"GET / HTTP/11\r\nHost: a\r\n\r\n", 400},
+    {"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505},
+    {"GET / HTTP/0.9\r\n\r\n", 505},
+    {"GET /\r\n\r\n", 400},
+    {"GET / HTTP/1.1\r\n\r\n", 400},			     /* no Host */
+    {"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},   /* two Hosts */
+    {"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400},	     /* space before ':' */
+    {"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", 400},   /* obs-fold */
+    {"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", 400}, /* control in value */
+    {"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7f\r\n\r\n", 400},  /* DEL in value */
+    {"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", 400},	     /* bare CR */
+    {"GET / HTTP/1.1\r\nHost: a\r\n: empty\r\n\r\n", 400},   /* empty name */
+    {"GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n", 400},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n", 400},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n", 400},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n", 400},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2097152\r\n\r\n", 413},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n", 413},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n", 400},
+    {"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
+    {"POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417},
 };
 
 static void test_malformed(void **state)
@@ -268,8 +266,7 @@ static void test_limits(void **state)
 	/* A request line alone over the limit: 414. */
 	memset(big, 'a', sizeof(big));
 	memcpy(big, "GET /", 5);
-	assert_int_equal(kumo_http1_parse_head(big, 100, &lim, h, 8, &req, &err),
-			 KUMO_HTTP1_ERROR);
+	assert_int_equal(kumo_http1_parse_head(big, 100, &lim, h, 8, &req, &err), KUMO_HTTP1_ERROR);
 	assert_int_equal(err.status, 414);
 	/* Header count. */
 	const char *three = "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
@@ -294,32 +291,32 @@ static void test_limits(void **state)
 
 struct chunk_case {
 	const char *in;
-	const char *out;     /* decoded body (for OK) */
-	size_t rest;	     /* bytes left after the body */
-	int status;	     /* 0: OK */
+	const char *out; /* decoded body (for OK) */
+	size_t rest;	 /* bytes left after the body */
+	int status;	 /* 0: OK */
 };
 
 static const struct chunk_case chunk_cases[] = {
-	{"5\r\nhello\r\n0\r\n\r\n", "hello", 0, 0},
-	{"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET", "hello world", 3, 0},
-	{"a;name=val\r\n0123456789\r\n0\r\nTrailer: x\r\nMore: y\r\n\r\n", "0123456789", 0, 0},
-	{"A\n0123456789\n0\n\n", "0123456789", 0, 0},
-	{"0000005\r\nhello\r\n000\r\n\r\n", "hello", 0, 0},
-	{"5 ; ext\r\nhello\r\n0\r\n\r\n", "hello", 0, 0},
-	{"0\r\n\r\n", "", 0, 0},
-	{"\r\n", NULL, 0, 400},			  /* no size */
-	{"g\r\n", NULL, 0, 400},		  /* not hex */
-	{"5\r\nhelloX\r\n", NULL, 0, 400},	  /* data longer than size */
-	{"5\r\nhello\rX", NULL, 0, 400},	  /* bare CR */
-	{"5\rX", NULL, 0, 400},			  /* bare CR */
-	{"5;\x01\r\n", NULL, 0, 400},		  /* control char in extension */
-	{"11111111111111111\r\n", NULL, 0, 400}, /* 17 digits */
-	{"11\r\n", NULL, 0, 413},		  /* over max_body (16) */
-	{"9\r\nhello wor\r\n8\r\n", NULL, 0, 413}, /* over max_body in total */
-	{"0\r\n bad\r\n\r\n", NULL, 0, 400},	  /* trailer starts with a space */
-	{"0\r\nX: a\x01\r\n\r\n", NULL, 0, 400},  /* control char in a trailer */
-	{"0\r\nX: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n", NULL,
-	 0, 431},
+    {"5\r\nhello\r\n0\r\n\r\n", "hello", 0, 0},
+    {"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET", "hello world", 3, 0},
+    {"a;name=val\r\n0123456789\r\n0\r\nTrailer: x\r\nMore: y\r\n\r\n", "0123456789", 0, 0},
+    {"A\n0123456789\n0\n\n", "0123456789", 0, 0},
+    {"0000005\r\nhello\r\n000\r\n\r\n", "hello", 0, 0},
+    {"5 ; ext\r\nhello\r\n0\r\n\r\n", "hello", 0, 0},
+    {"0\r\n\r\n", "", 0, 0},
+    {"\r\n", NULL, 0, 400},		       /* no size */
+    {"g\r\n", NULL, 0, 400},		       /* not hex */
+    {"5\r\nhelloX\r\n", NULL, 0, 400},	       /* data longer than size */
+    {"5\r\nhello\rX", NULL, 0, 400},	       /* bare CR */
+    {"5\rX", NULL, 0, 400},		       /* bare CR */
+    {"5;\x01\r\n", NULL, 0, 400},	       /* control char in extension */
+    {"11111111111111111\r\n", NULL, 0, 400},   /* 17 digits */
+    {"11\r\n", NULL, 0, 413},		       /* over max_body (16) */
+    {"9\r\nhello wor\r\n8\r\n", NULL, 0, 413}, /* over max_body in total */
+    {"0\r\n bad\r\n\r\n", NULL, 0, 400},       /* trailer starts with a space */
+    {"0\r\nX: a\x01\r\n\r\n", NULL, 0, 400},   /* control char in a trailer */
+    {"0\r\nX: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n", NULL,
+     0, 431},
 };
 
 static void decode_split(const struct chunk_case *c, size_t split, bool bytewise)
@@ -385,9 +382,9 @@ static void test_chunked_in_place(void **state)
 static void describe(const struct kumo_http1_request *r, char *out, size_t cap)
 {
 	size_t o = 0;
-	o += (size_t)snprintf(out + o, cap - o, "%.*s %.*s 1.%d ka=%d ec=%d [",
-			      (int)r->method_len, r->method, (int)r->target_len, r->target,
-			      r->minor_version, r->keep_alive, r->expect_continue);
+	o += (size_t)snprintf(out + o, cap - o, "%.*s %.*s 1.%d ka=%d ec=%d [", (int)r->method_len,
+			      r->method, (int)r->target_len, r->target, r->minor_version,
+			      r->keep_alive, r->expect_continue);
 	for (size_t i = 0; i < r->nheaders && o < cap; i++)
 		o += (size_t)snprintf(out + o, cap - o, "%.*s=%.*s;", (int)r->headers[i].name_len,
 				      r->headers[i].name, (int)r->headers[i].value_len,
@@ -398,19 +395,19 @@ static void describe(const struct kumo_http1_request *r, char *out, size_t cap)
 }
 
 static const char pipeline[] =
-	"POST /publish_log_v1 HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\n\r\n{\"a\":1}"
-	"GET /get_config_v1/shaping.toml HTTP/1.1\r\nHost: t\r\n\r\n"
-	"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-	"4\r\n[1,2\r\n3;x=y\r\n,3]\r\n0\r\nT: v\r\n\r\n"
-	"\r\nGET /last HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
-	"GET /after HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    "POST /publish_log_v1 HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\n\r\n{\"a\":1}"
+    "GET /get_config_v1/shaping.toml HTTP/1.1\r\nHost: t\r\n\r\n"
+    "POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    "4\r\n[1,2\r\n3;x=y\r\n,3]\r\n0\r\nT: v\r\n\r\n"
+    "\r\nGET /last HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    "GET /after HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
 
 static const char *const pipeline_want[] = {
-	"POST /publish_log_v1 1.1 ka=1 ec=0 [Host=t;Content-Length=7;] body(7)={\"a\":1}",
-	"GET /get_config_v1/shaping.toml 1.1 ka=1 ec=0 [Host=t;] body(0)=",
-	"POST /c 1.1 ka=1 ec=0 [Host=t;Transfer-Encoding=chunked;] body(7)=[1,2,3]",
-	"GET /last 1.0 ka=1 ec=0 [Connection=keep-alive;] body(0)=",
-	"GET /after 1.1 ka=0 ec=0 [Host=t;Connection=close;] body(0)=",
+    "POST /publish_log_v1 1.1 ka=1 ec=0 [Host=t;Content-Length=7;] body(7)={\"a\":1}",
+    "GET /get_config_v1/shaping.toml 1.1 ka=1 ec=0 [Host=t;] body(0)=",
+    "POST /c 1.1 ka=1 ec=0 [Host=t;Transfer-Encoding=chunked;] body(7)=[1,2,3]",
+    "GET /last 1.0 ka=1 ec=0 [Connection=keep-alive;] body(0)=",
+    "GET /after 1.1 ka=0 ec=0 [Host=t;Connection=close;] body(0)=",
 };
 
 /* Feeds the stream in pieces given by cuts[] (ascending offsets), moving the buffer to a
@@ -506,10 +503,10 @@ static void test_reader_errors(void **state)
 		const char *s;
 		int status;
 	} cases[] = {
-		{"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello", 413},
-		{"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
-		{"BAD REQUEST LINE\r\n", 400},
-		{"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/3.0\r\n", 505},
+	    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello", 413},
+	    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
+	    {"BAD REQUEST LINE\r\n", 400},
+	    {"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/3.0\r\n", 505},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char buf[256];
@@ -594,8 +591,9 @@ static void test_reader_limits_split_anywhere(void **state)
 	len[3] = (size_t)snprintf(in[3], 200, "GET / HTTP/1.1\r\nHost: a\r\nX: %s\r\n\r\n",
 				  "vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv");
 	len[4] = (size_t)snprintf(in[4], 200, "GET / HTTP/1.1\r\nHost: a\r\n\r\n\r\r\n");
-	len[5] = (size_t)snprintf(in[5], 200, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
-					      "chunked\r\n\r\n8\r\n12345678\r\n9\r\n");
+	len[5] = (size_t)snprintf(in[5], 200,
+				  "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+				  "chunked\r\n\r\n8\r\n12345678\r\n9\r\n");
 	for (int k = 0; k < 6; k++) {
 		unsigned count, c2;
 		int whole = reader_outcome(in[k], len[k], len[k], &count);
@@ -604,8 +602,8 @@ static void test_reader_limits_split_anywhere(void **state)
 		for (size_t split = 1; split < len[k]; split++) {
 			int got = reader_outcome(in[k], len[k], split, &c2);
 			if (got != whole || c2 != count)
-				fail_msg("input %d split %zu: %d (%u), whole %d (%u)", k, split, got, c2,
-					 whole, count);
+				fail_msg("input %d split %zu: %d (%u), whole %d (%u)", k, split,
+					 got, c2, whole, count);
 		}
 	}
 }
@@ -645,21 +643,21 @@ static void test_list_has(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_simple_get),
-		cmocka_unit_test(test_every_truncation),
-		cmocka_unit_test(test_keep_alive_rules),
-		cmocka_unit_test(test_framing_headers),
-		cmocka_unit_test(test_malformed),
-		cmocka_unit_test(test_limits),
-		cmocka_unit_test(test_chunked_split_anywhere),
-		cmocka_unit_test(test_chunked_in_place),
-		cmocka_unit_test(test_reader_pipeline_split_anywhere),
-		cmocka_unit_test(test_reader_expect_continue),
-		cmocka_unit_test(test_reader_errors),
-		cmocka_unit_test(test_reader_head_bytewise),
-		cmocka_unit_test(test_reader_limits_split_anywhere),
-		cmocka_unit_test(test_response_writer),
-		cmocka_unit_test(test_list_has),
+	    cmocka_unit_test(test_simple_get),
+	    cmocka_unit_test(test_every_truncation),
+	    cmocka_unit_test(test_keep_alive_rules),
+	    cmocka_unit_test(test_framing_headers),
+	    cmocka_unit_test(test_malformed),
+	    cmocka_unit_test(test_limits),
+	    cmocka_unit_test(test_chunked_split_anywhere),
+	    cmocka_unit_test(test_chunked_in_place),
+	    cmocka_unit_test(test_reader_pipeline_split_anywhere),
+	    cmocka_unit_test(test_reader_expect_continue),
+	    cmocka_unit_test(test_reader_errors),
+	    cmocka_unit_test(test_reader_head_bytewise),
+	    cmocka_unit_test(test_reader_limits_split_anywhere),
+	    cmocka_unit_test(test_response_writer),
+	    cmocka_unit_test(test_list_has),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

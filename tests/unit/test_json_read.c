@@ -21,8 +21,8 @@ static int parse_guarded(const char *s, size_t n, size_t *end, struct kumo_json_
 {
 	size_t page = (size_t)sysconf(_SC_PAGESIZE);
 	size_t pages = (n + page - 1) / page + 1;
-	char *map = mmap(NULL, pages * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-			 -1, 0);
+	char *map =
+	    mmap(NULL, pages * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	assert_true(map != MAP_FAILED);
 	assert_int_equal(mprotect(map + (pages - 1) * page, page, PROT_NONE), 0);
 	char *p = map + (pages - 1) * page - n;
@@ -43,13 +43,13 @@ static struct kumo_json_doc *parse_ok(const char *s)
 }
 
 static const char record[] =
-	"{\"type\":\"TransientFailure\",\"id\":\"01a2\",\"sender\":\"me@example.com\","
-	"\"recipient\":\"you@example.net\",\"queue\":\"camp:t1@example.net\","
-	"\"site\":\"mx1.example.net,mx2.example.net\",\"size\":153,"
-	"\"response\":{\"code\":421,\"enhanced_code\":{\"class\":4,\"subject\":7,\"detail\":0},"
-	"\"content\":\"[TSS04] try later\",\"command\":\".\\r\\n\"},"
-	"\"peer_address\":{\"name\":\"mx1\",\"addr\":\"10.0.0.1\"},\"timestamp\":1795610821,"
-	"\"egress_pool\":null,\"egress_source\":\"s1\",\"meta\":{},\"headers\":{}}";
+    "{\"type\":\"TransientFailure\",\"id\":\"01a2\",\"sender\":\"me@example.com\","
+    "\"recipient\":\"you@example.net\",\"queue\":\"camp:t1@example.net\","
+    "\"site\":\"mx1.example.net,mx2.example.net\",\"size\":153,"
+    "\"response\":{\"code\":421,\"enhanced_code\":{\"class\":4,\"subject\":7,\"detail\":0},"
+    "\"content\":\"[TSS04] try later\",\"command\":\".\\r\\n\"},"
+    "\"peer_address\":{\"name\":\"mx1\",\"addr\":\"10.0.0.1\"},\"timestamp\":1795610821,"
+    "\"egress_pool\":null,\"egress_source\":\"s1\",\"meta\":{},\"headers\":{}}";
 
 static void test_log_record(void **state)
 {
@@ -63,10 +63,9 @@ static void test_log_record(void **state)
 	assert_int_equal(kumo_json_integer(kumo_json_get(resp, "code"), &code), 0);
 	assert_int_equal(code, 421);
 	assert_string_equal(kumo_json_string(kumo_json_get(resp, "command"), NULL), ".\r\n");
-	assert_int_equal(
-		kumo_json_integer(kumo_json_get(kumo_json_get(resp, "enhanced_code"), "subject"),
-				  &code),
-		0);
+	assert_int_equal(kumo_json_integer(
+			     kumo_json_get(kumo_json_get(resp, "enhanced_code"), "subject"), &code),
+			 0);
 	assert_int_equal(code, 7);
 	assert_true(kumo_json_is_null(kumo_json_get(r, "egress_pool")));
 	assert_false(kumo_json_is_null(kumo_json_get(r, "nope")));
@@ -120,8 +119,8 @@ static void test_scalars_and_arrays(void **state)
 static void test_numbers(void **state)
 {
 	struct kumo_json_doc *doc =
-		parse_ok("[9223372036854775807, -9223372036854775808, 9223372036854775808,"
-			 " 1e2, 1.0, 1E+2, 2.5e-1, -12, 1e400, 123456789012345678901234567890]");
+	    parse_ok("[9223372036854775807, -9223372036854775808, 9223372036854775808,"
+		     " 1e2, 1.0, 1E+2, 2.5e-1, -12, 1e400, 123456789012345678901234567890]");
 	const struct kumo_json_value *a = kumo_json_doc_root(doc);
 	int64_t i;
 	double d;
@@ -152,9 +151,9 @@ static void test_numbers(void **state)
 
 static void test_strings(void **state)
 {
-	struct kumo_json_doc *doc = parse_ok(
-		"[\"a\\\"b\\\\c\\/d\\b\\f\\n\\r\\t\", \"\\u00e9\\u20AC\\ud83d\\ude00\", "
-		"\"x\\u0000y\", \"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"]");
+	struct kumo_json_doc *doc =
+	    parse_ok("[\"a\\\"b\\\\c\\/d\\b\\f\\n\\r\\t\", \"\\u00e9\\u20AC\\ud83d\\ude00\", "
+		     "\"x\\u0000y\", \"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"]");
 	const struct kumo_json_value *a = kumo_json_doc_root(doc);
 	size_t len;
 	assert_string_equal(kumo_json_string(kumo_json_at(a, 0), NULL), "a\"b\\c/d\b\f\n\r\t");
@@ -187,49 +186,49 @@ static const struct {
 	size_t offset;
 	const char *msg; /* a part of the message */
 } bad[] = {
-	{"", 0, 0, "value expected"},
-	{"   ", 0, 3, "value expected"},
-	{"[1,]", 0, 3, "trailing comma"},
-	{"{\"a\":1,}", 0, 7, "trailing comma"},
-	{"[1 2]", 0, 3, "',' or ']'"},
-	{"{\"a\" 1}", 0, 5, "':' expected"},
-	{"{a:1}", 0, 1, "string key"},
-	{"{'a':1}", 0, 1, "string key"},
-	{"['a']", 0, 1, "value expected"},
-	{"01", 0, 0, "leading zero"},
-	{"-01", 0, 0, "leading zero"},
-	{"1.", 0, 2, "decimal point"},
-	{".5", 0, 0, "value expected"},
-	{"+1", 0, 0, "value expected"},
-	{"-", 0, 0, "invalid number"},
-	{"1e", 0, 2, "exponent"},
-	{"1e+", 0, 3, "exponent"},
-	{"NaN", 0, 0, "value expected"},
-	{"nul", 0, 0, "unknown literal"},
-	{"truex", 0, 4, "after the value"},
-	{"[] []", 0, 3, "after the value"},
-	{"// c\n1", 0, 0, "value expected"},
-	{"\xef\xbb\xbf{}", 0, 0, "value expected"},
-	{"\"abc", 0, 0, "unterminated string"},
-	{"\"a\\", 0, 0, "unterminated string"},
-	{"\"a\tb\"", 0, 2, "control character"},
-	{"\"a\\x\"", 0, 2, "invalid escape"},
-	{"\"\\u12g4\"", 0, 1, "invalid escape"},
-	{"\"\\u123\"", 0, 1, "invalid escape"},
-	{"\"\\ud800\"", 0, 1, "unpaired surrogate"},
-	{"\"\\ud800\\u0041\"", 0, 1, "unpaired surrogate"},
-	{"\"\\udc00\"", 0, 1, "unpaired surrogate"},
-	{"\"\xc0\x80\"", 0, 1, "invalid UTF-8"},
-	{"\"\xed\xa0\x80\"", 0, 1, "invalid UTF-8"},
-	{"\"\xf4\x90\x80\x80\"", 0, 1, "invalid UTF-8"},
-	{"\"\xe2\x82\"", 0, 1, "invalid UTF-8"},
-	{"\"\x80\"", 0, 1, "invalid UTF-8"},
-	{"\"\xff\"", 0, 1, "invalid UTF-8"},
-	{"{\"a\":1,\"b\":2,\"a\":3}", 0, 13, "duplicate key \"a\""},
-	{"[1,\n {\"x\": [}]", 0, 12, "value expected"},
-	{"[\"a\0b\"]", 7, 3, "control character"},
-	{"[1", 0, 2, "unterminated array"},
-	{"{\"a\":1", 0, 6, "unterminated object"},
+    {"", 0, 0, "value expected"},
+    {"   ", 0, 3, "value expected"},
+    {"[1,]", 0, 3, "trailing comma"},
+    {"{\"a\":1,}", 0, 7, "trailing comma"},
+    {"[1 2]", 0, 3, "',' or ']'"},
+    {"{\"a\" 1}", 0, 5, "':' expected"},
+    {"{a:1}", 0, 1, "string key"},
+    {"{'a':1}", 0, 1, "string key"},
+    {"['a']", 0, 1, "value expected"},
+    {"01", 0, 0, "leading zero"},
+    {"-01", 0, 0, "leading zero"},
+    {"1.", 0, 2, "decimal point"},
+    {".5", 0, 0, "value expected"},
+    {"+1", 0, 0, "value expected"},
+    {"-", 0, 0, "invalid number"},
+    {"1e", 0, 2, "exponent"},
+    {"1e+", 0, 3, "exponent"},
+    {"NaN", 0, 0, "value expected"},
+    {"nul", 0, 0, "unknown literal"},
+    {"truex", 0, 4, "after the value"},
+    {"[] []", 0, 3, "after the value"},
+    {"// c\n1", 0, 0, "value expected"},
+    {"\xef\xbb\xbf{}", 0, 0, "value expected"},
+    {"\"abc", 0, 0, "unterminated string"},
+    {"\"a\\", 0, 0, "unterminated string"},
+    {"\"a\tb\"", 0, 2, "control character"},
+    {"\"a\\x\"", 0, 2, "invalid escape"},
+    {"\"\\u12g4\"", 0, 1, "invalid escape"},
+    {"\"\\u123\"", 0, 1, "invalid escape"},
+    {"\"\\ud800\"", 0, 1, "unpaired surrogate"},
+    {"\"\\ud800\\u0041\"", 0, 1, "unpaired surrogate"},
+    {"\"\\udc00\"", 0, 1, "unpaired surrogate"},
+    {"\"\xc0\x80\"", 0, 1, "invalid UTF-8"},
+    {"\"\xed\xa0\x80\"", 0, 1, "invalid UTF-8"},
+    {"\"\xf4\x90\x80\x80\"", 0, 1, "invalid UTF-8"},
+    {"\"\xe2\x82\"", 0, 1, "invalid UTF-8"},
+    {"\"\x80\"", 0, 1, "invalid UTF-8"},
+    {"\"\xff\"", 0, 1, "invalid UTF-8"},
+    {"{\"a\":1,\"b\":2,\"a\":3}", 0, 13, "duplicate key \"a\""},
+    {"[1,\n {\"x\": [}]", 0, 12, "value expected"},
+    {"[\"a\0b\"]", 7, 3, "control character"},
+    {"[1", 0, 2, "unterminated array"},
+    {"{\"a\":1", 0, 6, "unterminated object"},
 };
 
 static void test_errors(void **state)
@@ -327,8 +326,8 @@ static void test_big_object(void **state)
 	char *s = malloc(cap);
 	s[o++] = '{';
 	for (int i = 0; i < 2000; i++)
-		o += (size_t)snprintf(s + o, cap - o, "%s\"k%d\":%d", i ? "," : "", (i * 7919) % 2000,
-				      i);
+		o += (size_t)snprintf(s + o, cap - o, "%s\"k%d\":%d", i ? "," : "",
+				      (i * 7919) % 2000, i);
 	s[o++] = '}';
 	s[o] = 0;
 	struct kumo_json_doc *doc = parse_ok(s);
@@ -354,16 +353,16 @@ static void test_big_object(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_log_record),
-		cmocka_unit_test(test_scalars_and_arrays),
-		cmocka_unit_test(test_numbers),
-		cmocka_unit_test(test_strings),
-		cmocka_unit_test(test_errors),
-		cmocka_unit_test(test_error_position),
-		cmocka_unit_test(test_depth),
-		cmocka_unit_test(test_sequence),
-		cmocka_unit_test(test_every_truncation),
-		cmocka_unit_test(test_big_object),
+	    cmocka_unit_test(test_log_record),
+	    cmocka_unit_test(test_scalars_and_arrays),
+	    cmocka_unit_test(test_numbers),
+	    cmocka_unit_test(test_strings),
+	    cmocka_unit_test(test_errors),
+	    cmocka_unit_test(test_error_position),
+	    cmocka_unit_test(test_depth),
+	    cmocka_unit_test(test_sequence),
+	    cmocka_unit_test(test_every_truncation),
+	    cmocka_unit_test(test_big_object),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,6 @@
-/* Unit tests for tsa-daemon's core (daemons/tsa-daemon): rule matching with PCRE2, Immediate
- * and Threshold triggers (exact and bucketed windows), the actions each kind creates, the
- * shaping overlay (loaded back with the shaping loader), expiry, restoring, site binding
- * learnt from records, record checks, and the SQLite store with and without its thread. */
+/* Unit tests for tsa-daemon's core: PCRE2 rule matching, Immediate and Threshold triggers,
+ * every action kind, the shaping overlay (loaded back by the shaping loader), expiry,
+ * restoring, site binding learnt from records, record checks, and the SQLite store. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,40 +19,40 @@
 #include "store.h"
 
 static const char shaping[] =
-	"[\"default\"]\n"
-	"connection_limit = 10\n"
-	"\n"
-	"[[\"rate.test\".automation]]\n" /* line 4 */
-	"regex = \"\\\\[TSS04\\\\]\"\n"
-	"action = \"Suspend\"\n"
-	"duration = \"3s\"\n"
-	"\n"
-	"[[\"rate.test\".automation]]\n" /* line 9 */
-	"regex = \"(?<!no )limit\"\n"
-	"action = [{SetConfig = {name = \"max_connection_rate\", value = \"10/h\"}},\n"
-	"          {SetConfig = {name = \"connection_limit\", value = 2}},\n"
-	"          {SetConfig = {name = \"odd \\\"name\\\"\", value = \"a\\\\b\\\"c\"}}]\n"
-	"trigger = {Threshold = \"3/min\"}\n"
-	"duration = \"1h\"\n"
-	"\n"
-	"[[\"rate.test\".automation]]\n"
-	"regex = \"^4\\\\d\\\\d 4\\\\.2\\\\.1 \"\n"
-	"action = [\"SuspendTenant\", \"SuspendCampaign\", \"Bounce\", \"BounceTenant\",\n"
-	"          \"BounceCampaign\", {SetDomainConfig = {name = \"max_ready\", value = 5}}]\n"
-	"duration = \"10m\"\n"
-	"match_internal = true\n"
-	"\n"
-	"[[\"big.test\".automation]]\n"
-	"regex = \"busy\"\n"
-	"action = \"Suspend\"\n"
-	"trigger = {Threshold = \"5000/h\"}\n"
-	"duration = \"1h\"\n"
-	"\n"
-	"[\"gmail.test\"]\n"
-	"[[\"gmail.test\".automation]]\n"
-	"regex = \"gsite\"\n"
-	"action = {SetConfig = {name = \"connection_limit\", value = \"3\"}}\n"
-	"duration = \"1h\"\n";
+    "[\"default\"]\n"
+    "connection_limit = 10\n"
+    "\n"
+    "[[\"rate.test\".automation]]\n" /* line 4 */
+    "regex = \"\\\\[TSS04\\\\]\"\n"
+    "action = \"Suspend\"\n"
+    "duration = \"3s\"\n"
+    "\n"
+    "[[\"rate.test\".automation]]\n" /* line 9 */
+    "regex = \"(?<!no )limit\"\n"
+    "action = [{SetConfig = {name = \"max_connection_rate\", value = \"10/h\"}},\n"
+    "          {SetConfig = {name = \"connection_limit\", value = 2}},\n"
+    "          {SetConfig = {name = \"odd \\\"name\\\"\", value = \"a\\\\b\\\"c\"}}]\n"
+    "trigger = {Threshold = \"3/min\"}\n"
+    "duration = \"1h\"\n"
+    "\n"
+    "[[\"rate.test\".automation]]\n"
+    "regex = \"^4\\\\d\\\\d 4\\\\.2\\\\.1 \"\n"
+    "action = [\"SuspendTenant\", \"SuspendCampaign\", \"Bounce\", \"BounceTenant\",\n"
+    "          \"BounceCampaign\", {SetDomainConfig = {name = \"max_ready\", value = 5}}]\n"
+    "duration = \"10m\"\n"
+    "match_internal = true\n"
+    "\n"
+    "[[\"big.test\".automation]]\n"
+    "regex = \"busy\"\n"
+    "action = \"Suspend\"\n"
+    "trigger = {Threshold = \"5000/h\"}\n"
+    "duration = \"1h\"\n"
+    "\n"
+    "[\"gmail.test\"]\n"
+    "[[\"gmail.test\".automation]]\n"
+    "regex = \"gsite\"\n"
+    "action = {SetConfig = {name = \"connection_limit\", value = \"3\"}}\n"
+    "duration = \"1h\"\n";
 
 struct fixture {
 	char path[64];
@@ -211,8 +210,9 @@ static void test_threshold_window(void **state)
 static void test_bucketed_threshold(void **state)
 {
 	struct fixture *f = *state;
-	const char *rec = "{\"type\":\"Bounce\",\"recipient\":\"x@big.test\",\"site\":\"mx.big.test\","
-			  "\"response\":{\"code\":550,\"content\":\"busy\"},\"timestamp\":%lld}";
+	const char *rec =
+	    "{\"type\":\"Bounce\",\"recipient\":\"x@big.test\",\"site\":\"mx.big.test\","
+	    "\"response\":{\"code\":550,\"content\":\"busy\"},\"timestamp\":%lld}";
 	for (int i = 0; i < 4999; i++)
 		publish(f, T0 + i, rec, (long long)(T0 / 1000));
 	assert_int_equal(tsa_engine_count(f->engine, TSA_NKINDS, T0 + 5000), 0);
@@ -347,38 +347,37 @@ static void test_check_record(void **state)
 	static const struct {
 		const char *json, *msg;
 	} cases[] = {
-		{"[]", "JSON object"},
-		{"{}", "\"type\""},
-		{"{\"type\":\"Bounce\"}", "\"recipient\""},
-		{"{\"type\":\"Bounce\",\"recipient\":[]}", "\"recipient\""},
-		{"{\"type\":\"Bounce\",\"recipient\":[\"a@b\",1]}", "\"recipient\""},
-		{"{\"type\":\"Bounce\",\"recipient\":\"a@b\"}", "\"response\""},
-		{"{\"type\":\"Bounce\",\"recipient\":\"a@b\",\"response\":{\"code\":\"5\"}}",
-		 "response.code"},
-		{"{\"type\":\"Bounce\",\"recipient\":\"a@b\",\"response\":{\"code\":550}}",
-		 "response.content"},
-		{"{\"type\":\"Bounce\",\"recipient\":\"a@b\",\"response\":{\"code\":550,\"content\":"
-		 "\"\",\"enhanced_code\":{\"class\":5}}}",
-		 "enhanced_code.subject"},
-		{"{\"type\":\"Bounce\",\"recipient\":\"a@b\",\"response\":{\"code\":550,\"content\":"
-		 "\"\"},\"site\":5}",
-		 "\"site\""},
-		{"{\"type\":\"Bounce\",\"recipient\":\"a@b\",\"response\":{\"code\":550,\"content\":"
-		 "\"\"},\"timestamp\":\"now\"}",
-		 "\"timestamp\""},
-		{"{\"type\":\"Reception\"}", NULL},
-		{"{\"type\":\"Bounce\",\"recipient\":\"a@b\",\"response\":{\"code\":550,\"content\":"
-		 "\"\",\"enhanced_code\":null},\"site\":null,\"queue\":\"q\",\"timestamp\":1.5,"
-		 "\"peer_address\":null}",
-		 NULL},
+	    {"[]", "JSON object"},
+	    {"{}", "\"type\""},
+	    {"{\"type\":\"Bounce\"}", "\"recipient\""},
+	    {"{\"type\":\"Bounce\",\"recipient\":[]}", "\"recipient\""},
+	    {"{\"type\":\"Bounce\",\"recipient\":[\"a@b\",1]}", "\"recipient\""},
+	    {"{\"type\":\"Bounce\",\"recipient\":\"a@b\"}", "\"response\""},
+	    {"{\"type\":\"Bounce\",\"recipient\":\"a@b\",\"response\":{\"code\":\"5\"}}",
+	     "response.code"},
+	    {"{\"type\":\"Bounce\",\"recipient\":\"a@b\",\"response\":{\"code\":550}}",
+	     "response.content"},
+	    {"{\"type\":\"Bounce\",\"recipient\":\"a@b\",\"response\":{\"code\":550,\"content\":"
+	     "\"\",\"enhanced_code\":{\"class\":5}}}",
+	     "enhanced_code.subject"},
+	    {"{\"type\":\"Bounce\",\"recipient\":\"a@b\",\"response\":{\"code\":550,\"content\":"
+	     "\"\"},\"site\":5}",
+	     "\"site\""},
+	    {"{\"type\":\"Bounce\",\"recipient\":\"a@b\",\"response\":{\"code\":550,\"content\":"
+	     "\"\"},\"timestamp\":\"now\"}",
+	     "\"timestamp\""},
+	    {"{\"type\":\"Reception\"}", NULL},
+	    {"{\"type\":\"Bounce\",\"recipient\":\"a@b\",\"response\":{\"code\":550,\"content\":"
+	     "\"\",\"enhanced_code\":null},\"site\":null,\"queue\":\"q\",\"timestamp\":1.5,"
+	     "\"peer_address\":null}",
+	     NULL},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct kumo_json_doc *doc;
 		struct kumo_json_error jerr;
 		char why[200] = "";
-		assert_int_equal(kumo_json_parse(cases[i].json, strlen(cases[i].json), NULL, &doc,
-						 &jerr),
-				 0);
+		assert_int_equal(
+		    kumo_json_parse(cases[i].json, strlen(cases[i].json), NULL, &doc, &jerr), 0);
 		int rc = tsa_engine_check_record(kumo_json_doc_root(doc), why, sizeof(why));
 		if (cases[i].msg ? rc != -EINVAL || !strstr(why, cases[i].msg) : rc != 0)
 			fail_msg("case %zu: %d %s", i, rc, why);
@@ -495,17 +494,17 @@ static void test_store(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_immediate_suspend, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_threshold_window, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bucketed_threshold, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_queue_actions, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_internal_and_other_types, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_site_binding, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_restore, setup, teardown),
-		cmocka_unit_test(test_check_record),
-		cmocka_unit_test(test_response_line),
-		cmocka_unit_test(test_bad_regex),
-		cmocka_unit_test(test_store),
+	    cmocka_unit_test_setup_teardown(test_immediate_suspend, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_threshold_window, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_bucketed_threshold, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_queue_actions, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_internal_and_other_types, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_site_binding, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_restore, setup, teardown),
+	    cmocka_unit_test(test_check_record),
+	    cmocka_unit_test(test_response_line),
+	    cmocka_unit_test(test_bad_regex),
+	    cmocka_unit_test(test_store),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
