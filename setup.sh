@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 
 PKGS="build-essential meson ninja-build pkg-config liburing-dev libwolfssl-dev
       libc-ares-dev libdeflate-dev libcmocka-dev clang libclang-rt-14-dev python3
-      python3-pytest dnsmasq-base libhiredis-dev redis-server libpcre2-dev libsqlite3-dev curl"
+      python3-pytest dnsmasq-base libhiredis-dev redis-server libpcre2-dev libsqlite3-dev curl haproxy"
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 missing=""
