@@ -23,27 +23,36 @@ for _ in $(seq 200); do
 	sleep 0.05
 done
 
-# "MB/s msg/s", medians over REPEAT runs of socks-bench ARGS...
-run() {
-	for _ in $(seq "$repeat"); do
-		"$bench" --json "$@"
-	done | /usr/bin/python3 -c '
+# Direct and proxied runs alternate, so both see the same background load; the medians of
+# REPEAT runs are printed. summarize LABEL < JSON lines
+summarize() {
+	/usr/bin/python3 -c '
 import json, statistics, sys
 runs = [json.loads(l) for l in sys.stdin if l.strip()]
 assert runs and all(r["failures"] == 0 for r in runs), runs
-print("%.0f %.0f" % (statistics.median(r["mb_per_s"] for r in runs),
-                     statistics.median(r["msg_per_s"] for r in runs)))'
+out = {}
+for mode in ("direct", "proxy"):
+    rs = [r for r in runs if r["mode"] == mode]
+    out[mode] = (statistics.median(r["mb_per_s"] for r in rs),
+                 statistics.median(r["msg_per_s"] for r in rs))
+d, p = out["direct"], out["proxy"]
+label = sys.argv[1]
+if "bulk" in label:
+    print("%s: direct %.0f MB/s, proxied %.0f MB/s (%.0f%%)" % (label, d[0], p[0], 100 * p[0] / d[0]))
+else:
+    print("%s: direct %.0f MB/s %.0f msg/s, proxied %.0f MB/s %.0f msg/s (%.0f%%)"
+          % (label, d[0], d[1], p[0], p[1], 100 * p[0] / d[0]))' "$1"
 }
 
 echo "# $(nproc) CPUs, kumoproxy --threads $threads --relay $relay ${PROXY_ARGS:-}, median of $repeat"
-for mode in direct proxy; do
-	args=()
-	[ $mode = proxy ] && args=(--proxy "127.0.0.1:$port")
-	read -r mb msgs < <(run "${args[@]}" -c "$conns" -s "$size" -n "$n")
-	read -r bmb _ < <(run "${args[@]}" -c "$bulk_conns" --bulk "$bulk_mb")
-	printf '%-6s %d x %d-byte messages over %d connections: %s MB/s, %s msg/s; bulk %d x %d MB: %s MB/s\n' \
-		$mode "$n" "$size" "$conns" "$mb" "$msgs" "$bulk_conns" "$bulk_mb" "$bmb"
-done
+for _ in $(seq "$repeat"); do
+	"$bench" --json -c "$conns" -s "$size" -n "$n"
+	"$bench" --json --proxy "127.0.0.1:$port" -c "$conns" -s "$size" -n "$n"
+done | summarize "$n x $size-byte messages, $conns connections"
+for _ in $(seq "$repeat"); do
+	"$bench" --json -c "$bulk_conns" --bulk "$bulk_mb"
+	"$bench" --json --proxy "127.0.0.1:$port" -c "$bulk_conns" --bulk "$bulk_mb"
+done | summarize "bulk, $bulk_conns connections x $bulk_mb MB"
 kill -USR1 $pid
 sleep 0.2
 grep -E '^kumoproxy_(relays_total|bytes_client_to_target_total) ' "$dir/proxy.err" | sed 's/^/# /'

@@ -21,6 +21,13 @@
 #include "proto/smtp_client.h"
 
 #define SITE_TTL_MS (5 * 60 * 1000)
+#define LEASE_TTL_MS 60000 /* a Redis connection lease; renewed every third of it */
+
+/* The Redis key part of a site's shared connection limit. */
+static void lease_name(const struct kumo_site *s, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "connection_limit:%s", s->name);
+}
 
 enum oc_state {
 	OC_CONNECTING = 0, /* TCP connect in flight */
@@ -67,6 +74,8 @@ struct kumo_oconn {
 	char peer_addr[48];
 	char local_addr[48];
 	struct kumo_socks5c *sx;  /* SOCKS5 handshake in progress */
+	char lease[80];           /* its Redis connection lease, or "" */
+	uint64_t lease_renewed_ms;
 };
 
 struct kumo_delivery {
@@ -256,6 +265,13 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 	}
 	if (s->conn_limit == 0)
 		s->conn_limit = 1;
+	s->shared_conn_limit = 0;
+	if (d->throttle && (p.set & (1u << KUMO_SHAPING_F_CONNECTION_LIMIT)) &&
+	    !p.connection_limit.local) {
+		/* one limit for every node: each connection holds a lease in Redis */
+		s->shared_conn_limit = p.connection_limit.limit ? p.connection_limit.limit : 1;
+		s->conn_limit = (unsigned)s->shared_conn_limit;
+	}
 	if (p.set & (1u << KUMO_SHAPING_F_MAX_DELIVERIES_PER_CONNECTION))
 		s->max_deliveries = (unsigned)p.max_deliveries_per_connection;
 	if (p.set & (1u << KUMO_SHAPING_F_IDLE_TIMEOUT))
@@ -882,6 +898,12 @@ static void oc_close(struct kumo_delivery *d, struct kumo_oconn *oc)
 	if (!oc->established)
 		s->nconnecting--;
 	s->nconns--;
+	if (oc->lease[0] && d->throttle) {
+		char name[600];
+		lease_name(s, name, sizeof(name));
+		kumo_throttle_lease_release(d->throttle, name, oc->lease);
+		oc->lease[0] = 0;
+	}
 	oc->dead = true;
 	oc->gen++;
 	if (oc->fd >= 0) {
@@ -982,6 +1004,9 @@ static void oc_open(struct kumo_delivery *d, uint32_t site)
 	struct kumo_site *s = &d->l->queues.sites[site];
 	oc->site = site;
 	oc->state = OC_CONNECTING;
+	snprintf(oc->lease, sizeof(oc->lease), "%s", s->lease_ready);
+	s->lease_ready[0] = 0;
+	oc->lease_renewed_ms = d->l->now_ms;
 	s->nconns++;
 	s->nconnecting++;
 	if (oc_connect(d, oc) < 0) {
@@ -991,6 +1016,50 @@ static void oc_open(struct kumo_delivery *d, uint32_t site)
 		site_unreachable(d, site, &o);
 		oc_close(d, oc);
 	}
+}
+
+static void lease_answer(void *arg, bool granted, const char *lease_id)
+{
+	struct kumo_loop *l = ((void **)arg)[0];
+	uint32_t si = (uint32_t)(uintptr_t)((void **)arg)[1];
+	free(arg);
+	struct kumo_delivery *d = l->dlv;
+	if (!d || si >= l->queues.nsites)
+		return;
+	struct kumo_site *s = &l->queues.sites[si];
+	s->lease_pending = false;
+	if (granted && lease_id) {
+		snprintf(s->lease_ready, sizeof(s->lease_ready), "%s", lease_id);
+		site_kick(d, si);
+	} else if (s->nready) {
+		site_timer(d, si, 1000); /* every lease taken: look again in a second */
+	}
+}
+
+/* For a site whose connection limit is shared through Redis: true when a lease is in
+ * hand for the next connection; otherwise one is asked for and the caller waits. */
+static bool lease_in_hand(struct kumo_delivery *d, uint32_t si)
+{
+	struct kumo_site *s = &d->l->queues.sites[si];
+	if (!s->shared_conn_limit || s->lease_ready[0])
+		return true;
+	if (s->lease_pending)
+		return false;
+	void **arg = malloc(2 * sizeof(void *));
+	if (!arg)
+		return true;
+	arg[0] = d->l;
+	arg[1] = (void *)(uintptr_t)si;
+	char name[600];
+	lease_name(s, name, sizeof(name));
+	s->lease_pending = true;
+	if (kumo_throttle_lease_acquire(d->throttle, name, s->shared_conn_limit, LEASE_TTL_MS,
+					d->l->now_ms, lease_answer, arg) < 0) {
+		s->lease_pending = false;
+		free(arg);
+		return true;
+	}
+	return false;
 }
 
 static void site_kick(struct kumo_delivery *d, uint32_t site)
@@ -1027,6 +1096,9 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 			site_timer(d, site, wait);
 			break;
 		}
+		if (!lease_in_hand(d, site))
+			break; /* the lease's answer kicks the site again */
+		s = &d->l->queues.sites[site];
 		gcra_take(s->conn_T, &s->conn_tat, now);
 		oc_open(d, site);
 		s = &d->l->queues.sites[site];
@@ -1121,6 +1193,12 @@ static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc)
 	if (m != KUMO_NONE) {
 		gcra_take(s->msg_T, &s->msg_tat, now);
 		s->token_ready = false;
+	}
+	if (m == KUMO_NONE && oc->lease[0] && !s->nready && oc->sm) {
+		/* nothing to send: give the cluster-wide lease back rather than idle on it */
+		oc->state = OC_QUITTING;
+		kumo_smtp_client_quit(oc->sm);
+		return;
 	}
 	if (m == KUMO_NONE) {
 		oc->state = OC_IDLE;
@@ -1613,6 +1691,13 @@ void kumo_delivery_dns_done(struct kumo_loop *l, uint64_t ud, int res)
 static void oc_tick(struct kumo_delivery *d, struct kumo_oconn *oc)
 {
 	uint64_t now = d->l->now_ms;
+	if (oc->lease[0] && d->throttle && now - oc->lease_renewed_ms >= LEASE_TTL_MS / 3) {
+		char name[600];
+		lease_name(&d->l->queues.sites[oc->site], name, sizeof(name));
+		kumo_throttle_lease_renew(d->throttle, name, oc->lease, LEASE_TTL_MS, now, NULL,
+					  NULL);
+		oc->lease_renewed_ms = now;
+	}
 	if ((oc->state == OC_CONNECTING || oc->state == OC_PROXY) &&
 	    now - oc->since_ms >= d->connect_ms) {
 		shutdown(oc->fd, SHUT_RDWR); /* the connect completes with an error */

@@ -68,6 +68,10 @@ struct kumo_site {
 	/* max_message_rate shared through Redis: the whole rate, one request at a time */
 	uint64_t shared_count, shared_period_ms, shared_burst;
 	bool token_pending, token_ready;
+	/* connection_limit shared through Redis: one lease per connection */
+	uint64_t shared_conn_limit;
+	bool lease_pending;
+	char lease_ready[80];   /* a granted lease waiting for its connection, or "" */
 };
 
 struct kumo_queue {

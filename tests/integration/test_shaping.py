@@ -25,6 +25,7 @@ class CountingSink:
         self.lock = threading.Lock()
         self.arrivals, self.peers, self.helos = [], [], []
         self.active = self.max_active = 0
+        self.delay = 0
         threading.Thread(target=self.accept_loop, daemon=True).start()
 
     def accept_loop(self):
@@ -55,6 +56,8 @@ class CountingSink:
                     c.sendall(b"354 go\r\n")
                     while f.readline() not in (b".\r\n", b""):
                         pass
+                    if self.delay:
+                        time.sleep(self.delay)
                     with self.lock:
                         self.arrivals.append(time.monotonic())
                         self.peers.append(peer)
@@ -169,6 +172,39 @@ def test_two_nodes_share_one_rate_through_redis(kumod, tmp_path):
         # after the initial burst, both nodes together stay near one 50/s limit
         window = [t for t in arr if arr[0] + 2 <= t < arr[0] + 10]
         assert 360 <= len(window) <= 440, "%d messages in 8 s" % len(window)
+    finally:
+        sink.close()
+        rp.terminate()
+        rp.wait(timeout=10)
+
+
+def test_two_nodes_share_one_connection_limit_through_redis(kumod, tmp_path):
+    import shutil
+    redis = shutil.which("redis-server")
+    if not redis:
+        import pytest
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    rp = subprocess.Popen([redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                           "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    sink = CountingSink()
+    sink.delay = 0.05  # slow answers keep connections busy, so both nodes want more
+    try:
+        time.sleep(0.5)
+        shaping = tmp_path / "shaping.toml"
+        shaping.write_text('["leases.test"]\nconnection_limit = 3\n')
+        extra = ('[routing]\nsmart_host = "127.0.0.1:%d"\n[shaping]\nfiles = ["%s"]\n'
+                 '[redis]\nurl = "redis://127.0.0.1:%d"\n' % (sink.port, shaping, port))
+        a = kumod(extra=extra)
+        b = kumod(extra=extra)
+        inject(a, 150, "leases.test")
+        inject(b, 150, "leases.test")
+        t_end = time.monotonic() + 40
+        while time.monotonic() < t_end and len(sink.arrivals) < 300:
+            time.sleep(0.2)
+        assert len(sink.arrivals) == 300
+        # 2 nodes x 2 threads would open up to 12 connections with local limits
+        assert sink.max_active <= 3, sink.max_active
     finally:
         sink.close()
         rp.terminate()
