@@ -142,8 +142,8 @@ struct run {
 static void fail(struct run *r, struct conn *c, const char *what)
 {
 	if (r->failures++ < 5)
-		fprintf(stderr, "socks-bench: connection failed: %s%s%s\n", what,
-			errno ? ": " : "", errno ? strerror(errno) : "");
+		fprintf(stderr, "socks-bench: connection failed: %s%s%s\n", what, errno ? ": " : "",
+			errno ? strerror(errno) : "");
 	close(c->fd);
 	c->phase = P_DONE;
 	r->open--;
@@ -305,7 +305,8 @@ static void on_event(struct run *r, struct conn *c)
 			r->open--;
 			return;
 		}
-		case P_DONE: return;
+		case P_DONE:
+			return;
 		}
 	}
 }
@@ -364,10 +365,18 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			break;
-		case 'c': o.conns = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 's': o.size = strtoull(optarg, NULL, 10); break;
-		case 'n': o.messages = strtoull(optarg, NULL, 10); break;
-		case 'B': o.bulk = strtoull(optarg, NULL, 10) * 1000000ULL; break;
+		case 'c':
+			o.conns = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 's':
+			o.size = strtoull(optarg, NULL, 10);
+			break;
+		case 'n':
+			o.messages = strtoull(optarg, NULL, 10);
+			break;
+		case 'B':
+			o.bulk = strtoull(optarg, NULL, 10) * 1000000ULL;
+			break;
 		case 'S':
 			if (inet_pton(AF_INET, optarg, &o.source) != 1) {
 				fprintf(stderr, "socks-bench: --source wants an IPv4 address\n");
@@ -387,9 +396,15 @@ int main(int argc, char **argv)
 			o.pass = colon + 1;
 			break;
 		}
-		case 'j': o.json = true; break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'j':
+			o.json = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (!o.conns || !o.size || (!o.bulk && !o.messages) || optind < argc) {
@@ -464,11 +479,12 @@ int main(int argc, char **argv)
 		       (unsigned long long)r.done_msgs, (unsigned long long)got, el, mbs,
 		       (double)r.done_msgs / el, r.failures);
 	else
-		printf("%s: %u connections, %llu bytes in %.2f s: %.1f MB/s%s", direct ? "direct" : "proxy",
-		       o.conns, (unsigned long long)got, el, mbs, o.bulk ? "\n" : "");
+		printf("%s: %u connections, %llu bytes in %.2f s: %.1f MB/s%s",
+		       direct ? "direct" : "proxy", o.conns, (unsigned long long)got, el, mbs,
+		       o.bulk ? "\n" : "");
 	if (!o.json && !o.bulk)
-		printf(", %llu messages of %zu bytes: %.0f msg/s\n", (unsigned long long)r.done_msgs,
-		       o.size, (double)r.done_msgs / el);
+		printf(", %llu messages of %zu bytes: %.0f msg/s\n",
+		       (unsigned long long)r.done_msgs, o.size, (double)r.done_msgs / el);
 	if (r.failures)
 		fprintf(stderr, "socks-bench: %u connections failed\n", r.failures);
 	free(conns);

@@ -53,8 +53,9 @@ int kproxy_users_load(const char *path, struct kproxy_users *u, char *err, size_
 		size_t name_len = colon ? (size_t)(colon - line) : 0;
 		size_t pass_len = colon ? (size_t)n - name_len - 1 : 0;
 		if (!colon || name_len == 0 || name_len > 255 || pass_len > 255) {
-			snprintf(err, errlen, "%s:%zu: expected \"user:password\" (each 1-255 bytes)",
-				 path, lineno);
+			snprintf(err, errlen,
+				 "%s:%zu: expected \"user:password\" (each 1-255 bytes)", path,
+				 lineno);
 			rc = -EINVAL;
 			goto out;
 		}

@@ -33,7 +33,7 @@ enum op {
 	OP_STOP,       /* eventfd read: stop requested */
 	OP_TICK,       /* the once-a-second timer */
 	OP_LOG,	       /* write of session records */
-	OP_CANCEL,     /* completions of cancel requests: ignored */
+	OP_IGNORED,    /* cancel requests, polls ahead of a splice: completions ignored */
 	OP_HS_RECV,    /* handshake bytes from the client into the machine */
 	OP_HS_SEND,    /* handshake replies to the client */
 	OP_CONNECT,    /* outbound connect */
@@ -62,39 +62,39 @@ enum sstate {
 
 /* One direction of the relay: client -> target ("up") or target -> client ("down"). */
 struct dir {
-	uint8_t *buf;	 /* copy mode: cfg.buffer bytes, fixed for the slot */
-	uint32_t len;	 /* copy: bytes in buf; splice: bytes in the pipe */
-	uint32_t off;	 /* copy: bytes of buf already sent */
-	int pipe[2];	 /* splice mode: read end, write end; -1 when unused */
-	bool eof;	 /* the source sent its FIN */
-	bool shut;	 /* the FIN was passed on: shutdown(sink, SHUT_WR) */
-	uint64_t bytes;	 /* relayed so far */
+	uint8_t *buf;	/* copy mode: cfg.buffer bytes, fixed for the slot */
+	uint32_t len;	/* copy: bytes in buf; splice: bytes in the pipe */
+	uint32_t off;	/* copy: bytes of buf already sent */
+	int pipe[2];	/* splice mode: read end, write end; -1 when unused */
+	bool eof;	/* the source sent its FIN */
+	bool shut;	/* the FIN was passed on: shutdown(sink, SHUT_WR) */
+	uint64_t bytes; /* relayed so far */
 };
 
 struct sess {
-	uint32_t gen;		/* bumped when the slot is freed */
-	uint8_t state;		/* enum sstate */
-	bool over_limit;	/* opened over --max-connections: requests get 0x01 */
-	bool hs_recving;	/* OP_HS_RECV in flight */
-	bool hs_sending;	/* OP_HS_SEND in flight */
-	bool relayed;		/* the CONNECT succeeded */
-	bool auth_failed;	/* credentials refused */
-	int cfd, tfd;		/* client and target sockets; -1 when none */
-	unsigned inflight;	/* submitted ops not yet completed */
-	struct kumo_socks5 *m;	/* the handshake machine, until the slot is freed */
+	uint32_t gen;	       /* bumped when the slot is freed */
+	uint8_t state;	       /* enum sstate */
+	bool over_limit;       /* opened over --max-connections: requests get 0x01 */
+	bool hs_recving;       /* OP_HS_RECV in flight */
+	bool hs_sending;       /* OP_HS_SEND in flight */
+	bool relayed;	       /* the CONNECT succeeded */
+	bool auth_failed;      /* credentials refused */
+	int cfd, tfd;	       /* client and target sockets; -1 when none */
+	unsigned inflight;     /* submitted ops not yet completed */
+	struct kumo_socks5 *m; /* the handshake machine, until the slot is freed */
 	const struct kumo_socks5_request *req; /* the last request (owned by m), or NULL */
-	struct dir d[2];	/* [0] up: client -> target, [1] down: target -> client */
-	uint8_t out[OUT_MAX];	/* handshake replies: out[out_off, out_len) unwritten */
+	struct dir d[2];      /* [0] up: client -> target, [1] down: target -> client */
+	uint8_t out[OUT_MAX]; /* handshake replies: out[out_off, out_len) unwritten */
 	uint32_t out_len, out_off;
-	uint64_t start_ms;	/* monotonic */
-	uint64_t last_ms;	/* monotonic: last relay progress, or start of lingering */
+	uint64_t start_ms; /* monotonic */
+	uint64_t last_ms;  /* monotonic: last relay progress, or start of lingering */
 	struct timespec start_wall;
 	struct sockaddr_storage client;
-	struct sockaddr_storage bind; /* ss_family 0: no BIND */
+	struct sockaddr_storage bind;  /* ss_family 0: no BIND */
 	struct sockaddr_storage local; /* outbound local address; ss_family 0: none */
-	int rep;		/* the request's reply code; -1 when none was sent */
-	const char *reason;	/* why it ended; the first one set stays */
-	int err;		/* errno behind reason, 0 when none */
+	int rep;		       /* the request's reply code; -1 when none was sent */
+	const char *reason;	       /* why it ended; the first one set stays */
+	int err;		       /* errno behind reason, 0 when none */
 };
 
 struct kproxy_loop {
@@ -106,14 +106,14 @@ struct kproxy_loop {
 	int start_rc;
 
 	struct io_uring ring;
-	int listen_fd;		/* SO_REUSEPORT listener of this loop */
-	int stop_fd;		/* eventfd written by kproxy_loop_stop() */
-	uint64_t stop_val;	/* its read buffer */
-	bool accept_armed;	/* the multishot accept is active */
-	bool accept_paused;	/* out of descriptors: re-armed at the next tick */
-	bool stopping;		/* closing everything, then returning */
+	int listen_fd;	    /* SO_REUSEPORT listener of this loop */
+	int stop_fd;	    /* eventfd written by kproxy_loop_stop() */
+	uint64_t stop_val;  /* its read buffer */
+	bool accept_armed;  /* the multishot accept is active */
+	bool accept_paused; /* out of descriptors: re-armed at the next tick */
+	bool stopping;	    /* closing everything, then returning */
 	struct __kernel_timespec tick_ts, connect_ts;
-	uint64_t now;		/* monotonic ms, read once per batch of completions */
+	uint64_t now;		     /* monotonic ms, read once per batch of completions */
 	struct kumo_socks5_cfg mcfg; /* for each handshake machine */
 
 	struct sess *sess; /* fixed table, sized at start */
@@ -344,7 +344,7 @@ static void cancel_fd(struct kproxy_loop *l, int fd)
 		return;
 	struct io_uring_sqe *sqe = get_sqe(l);
 	io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
-	io_uring_sqe_set_data64(sqe, mkud(OP_CANCEL, 0, 0, 0));
+	io_uring_sqe_set_data64(sqe, mkud(OP_IGNORED, 0, 0, 0));
 }
 
 /* Ends the session: what is in flight is cancelled and the slot freed once it completed. */
@@ -414,8 +414,7 @@ static void hs_send(struct kproxy_loop *l, struct sess *s)
 	if (s->hs_sending || s->out_off == s->out_len)
 		return;
 	struct io_uring_sqe *sqe = get_sqe(l);
-	io_uring_prep_send(sqe, s->cfd, s->out + s->out_off, s->out_len - s->out_off,
-			   MSG_NOSIGNAL);
+	io_uring_prep_send(sqe, s->cfd, s->out + s->out_off, s->out_len - s->out_off, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, mkud(OP_HS_SEND, 0, slot_of(l, s), s->gen));
 	s->hs_sending = true;
 	s->inflight++;
@@ -550,7 +549,9 @@ static void pump(struct kproxy_loop *l, struct sess *s)
 		kumo_socks5_next(s->m, l->now, &ev);
 		take_output(s);
 		switch (ev.type) {
-		case KUMO_SOCKS5_EV_NONE: more = false; break;
+		case KUMO_SOCKS5_EV_NONE:
+			more = false;
+			break;
 		case KUMO_SOCKS5_EV_AUTH: {
 			bool ok = kproxy_users_check(&l->cfg->users, ev.user, ev.user_len, ev.pass,
 						     ev.pass_len);
@@ -736,7 +737,8 @@ static void relay_send(struct kproxy_loop *l, struct sess *s, unsigned d)
 	s->inflight++;
 }
 
-/* Splice mode: waits until the fd is ready, then the linked splice runs. */
+/* Splice mode: a poll for readiness, linked to the splice prepared next (only that one's
+ * completion counts). */
 static void poll_then(struct kproxy_loop *l, struct sess *s, unsigned d, bool in)
 {
 	struct io_uring_sqe *sqe;
@@ -744,9 +746,8 @@ static void poll_then(struct kproxy_loop *l, struct sess *s, unsigned d, bool in
 		io_uring_submit(&l->ring);
 	sqe = get_sqe(l);
 	io_uring_prep_poll_add(sqe, in ? src_fd(s, d) : dst_fd(s, d), in ? POLLIN : POLLOUT);
-	io_uring_sqe_set_data64(sqe, mkud(OP_CANCEL, 0, 0, 0));
+	io_uring_sqe_set_data64(sqe, mkud(OP_IGNORED, 0, 0, 0));
 	sqe->flags |= IOSQE_IO_LINK;
-	(void)sqe;
 }
 
 static void start_relay(struct kproxy_loop *l, struct sess *s)
@@ -928,7 +929,7 @@ static void on_accept(struct kproxy_loop *l, int res, unsigned flags)
 		if (l->accept_armed) {
 			struct io_uring_sqe *sqe = get_sqe(l);
 			io_uring_prep_cancel64(sqe, mkud(OP_ACCEPT, 0, 0, 0), 0);
-			io_uring_sqe_set_data64(sqe, mkud(OP_CANCEL, 0, 0, 0));
+			io_uring_sqe_set_data64(sqe, mkud(OP_IGNORED, 0, 0, 0));
 		}
 		l->accept_paused = true;
 		return;
@@ -963,7 +964,8 @@ static void on_tick(struct kproxy_loop *l)
 			if (l->now - s->last_ms >= KPROXY_LINGER_MS)
 				close_session(l, s, NULL, 0);
 			break;
-		default: break;
+		default:
+			break;
 		}
 	}
 	if (!l->stopping)
@@ -990,12 +992,22 @@ static void dispatch(struct kproxy_loop *l, const struct io_uring_cqe *cqe)
 	int res = cqe->res;
 
 	switch (op) {
-	case OP_ACCEPT: on_accept(l, res, cqe->flags); return;
-	case OP_STOP: on_stop(l); return;
-	case OP_TICK: on_tick(l); return;
-	case OP_LOG: on_log(l, res); return;
-	case OP_CANCEL: return;
-	default: break;
+	case OP_ACCEPT:
+		on_accept(l, res, cqe->flags);
+		return;
+	case OP_STOP:
+		on_stop(l);
+		return;
+	case OP_TICK:
+		on_tick(l);
+		return;
+	case OP_LOG:
+		on_log(l, res);
+		return;
+	case OP_IGNORED:
+		return;
+	default:
+		break;
 	}
 	if (slot >= l->nsess)
 		return;
@@ -1011,14 +1023,28 @@ static void dispatch(struct kproxy_loop *l, const struct io_uring_cqe *cqe)
 		return;
 	}
 	switch (op) {
-	case OP_HS_RECV: on_hs_recv(l, s, res); break;
-	case OP_HS_SEND: on_hs_send(l, s, res); break;
-	case OP_CONNECT: on_connect(l, s, res); break;
-	case OP_CONNECT_TO: break;
-	case OP_LINGER: on_linger(l, s, res); break;
-	case OP_RECV: on_relay_recv(l, s, d, res); break;
-	case OP_SEND: on_relay_send(l, s, d, res); break;
-	default: break;
+	case OP_HS_RECV:
+		on_hs_recv(l, s, res);
+		break;
+	case OP_HS_SEND:
+		on_hs_send(l, s, res);
+		break;
+	case OP_CONNECT:
+		on_connect(l, s, res);
+		break;
+	case OP_CONNECT_TO:
+		break;
+	case OP_LINGER:
+		on_linger(l, s, res);
+		break;
+	case OP_RECV:
+		on_relay_recv(l, s, d, res);
+		break;
+	case OP_SEND:
+		on_relay_send(l, s, d, res);
+		break;
+	default:
+		break;
 	}
 }
 

@@ -71,21 +71,20 @@ struct opts {
 
 static int parse_args(int argc, char **argv, struct kproxy_cfg *cfg, struct opts *o)
 {
-	static const struct option lopts[] = {
-		{"listen", required_argument, NULL, 'l'},
-		{"users", required_argument, NULL, 'u'},
-		{"threads", required_argument, NULL, 't'},
-		{"max-connections", required_argument, NULL, 'c'},
-		{"idle-timeout", required_argument, NULL, 'i'},
-		{"connect-timeout", required_argument, NULL, 'C'},
-		{"handshake-timeout", required_argument, NULL, 'H'},
-		{"metrics", required_argument, NULL, 'm'},
-		{"log", required_argument, NULL, 'L'},
-		{"allow-source", required_argument, NULL, 'a'},
-		{"buffer-size", required_argument, NULL, 'b'},
-		{"relay", required_argument, NULL, 'r'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0}};
+	static const struct option lopts[] = {{"listen", required_argument, NULL, 'l'},
+					      {"users", required_argument, NULL, 'u'},
+					      {"threads", required_argument, NULL, 't'},
+					      {"max-connections", required_argument, NULL, 'c'},
+					      {"idle-timeout", required_argument, NULL, 'i'},
+					      {"connect-timeout", required_argument, NULL, 'C'},
+					      {"handshake-timeout", required_argument, NULL, 'H'},
+					      {"metrics", required_argument, NULL, 'm'},
+					      {"log", required_argument, NULL, 'L'},
+					      {"allow-source", required_argument, NULL, 'a'},
+					      {"buffer-size", required_argument, NULL, 'b'},
+					      {"relay", required_argument, NULL, 'r'},
+					      {"help", no_argument, NULL, 'h'},
+					      {NULL, 0, NULL, 0}};
 	unsigned long v;
 	int c;
 	while ((c = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
@@ -95,7 +94,9 @@ static int parse_args(int argc, char **argv, struct kproxy_cfg *cfg, struct opts
 			if (kproxy_parse_addr(optarg, &cfg->listen, &cfg->listen_len) < 0)
 				bad = "--listen";
 			break;
-		case 'u': o->users = optarg; break;
+		case 'u':
+			o->users = optarg;
+			break;
 		case 't':
 			if (parse_uint(optarg, 1, 1024, &v) < 0)
 				bad = "--threads";
@@ -123,10 +124,12 @@ static int parse_args(int argc, char **argv, struct kproxy_cfg *cfg, struct opts
 			if (kproxy_parse_addr(optarg, &cfg->metrics, &cfg->metrics_len) < 0)
 				bad = "--metrics";
 			break;
-		case 'L': o->log = optarg; break;
+		case 'L':
+			o->log = optarg;
+			break;
 		case 'a': {
 			struct kproxy_cidr *a =
-				realloc(cfg->allow, (cfg->nallow + 1) * sizeof(*cfg->allow));
+			    realloc(cfg->allow, (cfg->nallow + 1) * sizeof(*cfg->allow));
 			if (!a)
 				return -ENOMEM;
 			cfg->allow = a;
@@ -150,8 +153,12 @@ static int parse_args(int argc, char **argv, struct kproxy_cfg *cfg, struct opts
 			else
 				bad = "--relay";
 			break;
-		case 'h': usage(stdout); exit(0);
-		default: usage(stderr); return -EINVAL;
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			usage(stderr);
+			return -EINVAL;
 		}
 		if (bad) {
 			fprintf(stderr, "kumoproxy: invalid %s: %s\n", bad, optarg);

@@ -65,18 +65,18 @@ struct kproxy_cfg {
 /* Counters of one loop: written by that loop only, read by the metrics endpoint, hence
  * relaxed atomics. */
 struct kproxy_counters {
-	_Atomic uint64_t accepted;	/* client connections accepted */
-	_Atomic uint64_t dropped;	/* closed at once: no free slot */
-	_Atomic uint64_t limited;	/* requests answered 0x01 over --max-connections */
-	_Atomic uint64_t relayed;	/* CONNECTs that succeeded */
-	_Atomic uint64_t replies[9];	/* request replies sent, by code */
-	_Atomic uint64_t auth_failures; /* RFC 1929 credentials refused */
+	_Atomic uint64_t accepted;	   /* client connections accepted */
+	_Atomic uint64_t dropped;	   /* closed at once: no free slot */
+	_Atomic uint64_t limited;	   /* requests answered 0x01 over --max-connections */
+	_Atomic uint64_t relayed;	   /* CONNECTs that succeeded */
+	_Atomic uint64_t replies[9];	   /* request replies sent, by code */
+	_Atomic uint64_t auth_failures;	   /* RFC 1929 credentials refused */
 	_Atomic uint64_t handshake_closed; /* closed before a request was answered */
-	_Atomic uint64_t idle_timeouts;	/* relays ended by --idle-timeout */
-	_Atomic uint64_t bytes_up;	/* client -> target */
-	_Atomic uint64_t bytes_down;	/* target -> client */
-	_Atomic uint64_t sessions;	/* sessions ended (logged) */
-	_Atomic uint64_t log_dropped;	/* session records lost (log write failed or backlog) */
+	_Atomic uint64_t idle_timeouts;	   /* relays ended by --idle-timeout */
+	_Atomic uint64_t bytes_up;	   /* client -> target */
+	_Atomic uint64_t bytes_down;	   /* target -> client */
+	_Atomic uint64_t sessions;	   /* sessions ended (logged) */
+	_Atomic uint64_t log_dropped;	   /* session records lost (log write failed or backlog) */
 };
 
 struct kproxy_loop;

@@ -239,6 +239,7 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 	unsigned nloops = l->e->nloops ? l->e->nloops : 1;
 	s->shaped = true;
 	s->conn_limit = d->conn_limit;
+	s->max_ready = 0;
 	s->max_deliveries = d->max_deliveries;
 	s->idle_ms = d->idle_ms;
 	s->msg_T = s->msg_tau = s->conn_T = s->conn_tau = 0;
@@ -272,6 +273,9 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 		s->shared_conn_limit = p.connection_limit.limit ? p.connection_limit.limit : 1;
 		s->conn_limit = (unsigned)s->shared_conn_limit;
 	}
+	s->max_ready = 0;
+	if (p.set & (1u << KUMO_SHAPING_F_MAX_READY))
+		s->max_ready = (p.max_ready + nloops - 1) / nloops;
 	if (p.set & (1u << KUMO_SHAPING_F_MAX_DELIVERIES_PER_CONNECTION))
 		s->max_deliveries = (unsigned)p.max_deliveries_per_connection;
 	if (p.set & (1u << KUMO_SHAPING_F_IDLE_TIMEOUT))
@@ -801,6 +805,14 @@ static void make_due(struct kumo_delivery *d, uint32_t m)
 		site = q->site;
 	if (site != KUMO_NONE)
 		site = ready_site(d, site, q);
+	if (site != KUMO_NONE && l->queues.sites[site].max_ready &&
+	    l->queues.sites[site].nready >= l->queues.sites[site].max_ready) {
+		/* the ready queue is full (max_ready): wait in the scheduled queue a while,
+		 * without counting an attempt */
+		msg->due_s = (uint32_t)(l->now_ms / 1000) + 10 + (uint32_t)(m % 20);
+		kumo_wheel_insert(&l->queues, m);
+		return;
+	}
 	if (site != KUMO_NONE) {
 		ready_push(d, site, m);
 		site_kick(d, site);

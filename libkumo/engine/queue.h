@@ -62,6 +62,7 @@ struct kumo_site {
 	char domain_hint[256];  /* the domain its limits were computed for */
 	unsigned conn_limit;
 	unsigned max_deliveries;
+	uint64_t max_ready;     /* 0: no bound on the ready queue */
 	uint64_t idle_ms;
 	double msg_T, msg_tau, msg_tat;    /* GCRA for messages: interval, tolerance, TAT (ms) */
 	double conn_T, conn_tau, conn_tat; /* GCRA for new connections */

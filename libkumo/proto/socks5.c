@@ -32,16 +32,16 @@ struct kumo_socks5 {
 
 	/* Session */
 	enum st state;
-	bool eof;			   /* the client closed its side */
-	bool bound;			   /* a BIND succeeded: source holds its address */
-	bool authed;			   /* user holds the accepted name */
-	struct kumo_socks5_request req;	   /* the last request parsed */
-	bool have_req;			   /* req is meaningful */
-	struct sockaddr_storage source;	   /* from bind_done() */
-	enum kumo_socks5_ev_type pending;  /* RELAY or CLOSE to hand out, NONE once handed */
-	enum kumo_socks5_rep close_rep;	   /* for the CLOSE event */
-	const char *close_reason;	   /* for the CLOSE event */
-	char user[256], pass[256];	   /* credentials, NUL-terminated */
+	bool eof;			  /* the client closed its side */
+	bool bound;			  /* a BIND succeeded: source holds its address */
+	bool authed;			  /* user holds the accepted name */
+	struct kumo_socks5_request req;	  /* the last request parsed */
+	bool have_req;			  /* req is meaningful */
+	struct sockaddr_storage source;	  /* from bind_done() */
+	enum kumo_socks5_ev_type pending; /* RELAY or CLOSE to hand out, NONE once handed */
+	enum kumo_socks5_rep close_rep;	  /* for the CLOSE event */
+	const char *close_reason;	  /* for the CLOSE event */
+	char user[256], pass[256];	  /* credentials, NUL-terminated */
 	size_t user_len, pass_len;
 
 	/* Time */
@@ -234,9 +234,9 @@ static bool parse_methods(struct kumo_socks5 *m)
 	out_put(m, r, 2);
 	m->clock_restart = true;
 	if (chosen == M_REFUSED)
-		finish(m, KUMO_SOCKS5_REP_NONE, m->auth_required
-							? "no acceptable method: authentication required"
-							: "no acceptable method: no-authentication not offered");
+		finish(m, KUMO_SOCKS5_REP_NONE,
+		       m->auth_required ? "no acceptable method: authentication required"
+					: "no acceptable method: no-authentication not offered");
 	else
 		m->state = chosen == M_USERPASS ? ST_AUTH : ST_REQUEST;
 	return true;
@@ -292,8 +292,12 @@ static bool parse_request(struct kumo_socks5 *m, struct kumo_socks5_ev *ev)
 		return false;
 	size_t alen;
 	switch (p[3]) {
-	case KUMO_SOCKS5_ATYP_IPV4: alen = 4; break;
-	case KUMO_SOCKS5_ATYP_IPV6: alen = 16; break;
+	case KUMO_SOCKS5_ATYP_IPV4:
+		alen = 4;
+		break;
+	case KUMO_SOCKS5_ATYP_IPV6:
+		alen = 16;
+		break;
 	case KUMO_SOCKS5_ATYP_DOMAIN:
 		if (avail(m) < 5)
 			return false;
@@ -336,7 +340,8 @@ static bool parse_request(struct kumo_socks5 *m, struct kumo_socks5_ev *ev)
 		return true;
 	}
 	if (r->atyp == KUMO_SOCKS5_ATYP_DOMAIN) {
-		refuse(m, KUMO_SOCKS5_REP_ATYP_NOT_SUPPORTED, "domain name targets are not supported");
+		refuse(m, KUMO_SOCKS5_REP_ATYP_NOT_SUPPORTED,
+		       "domain name targets are not supported");
 		return true;
 	}
 	if (r->cmd == KUMO_SOCKS5_CMD_BIND) {
@@ -359,9 +364,12 @@ static bool parse_request(struct kumo_socks5 *m, struct kumo_socks5_ev *ev)
 static const char *waiting_for(const struct kumo_socks5 *m)
 {
 	switch (m->state) {
-	case ST_METHODS: return "timeout waiting for the method offer";
-	case ST_AUTH: return "timeout waiting for credentials";
-	default: return "timeout waiting for a request";
+	case ST_METHODS:
+		return "timeout waiting for the method offer";
+	case ST_AUTH:
+		return "timeout waiting for credentials";
+	default:
+		return "timeout waiting for a request";
 	}
 }
 
@@ -392,16 +400,24 @@ void kumo_socks5_next(struct kumo_socks5 *m, uint64_t now_ms, struct kumo_socks5
 		}
 		bool progress;
 		switch (m->state) {
-		case ST_METHODS: progress = parse_methods(m); break;
-		case ST_AUTH: progress = parse_auth(m, ev); break;
-		case ST_REQUEST: progress = parse_request(m, ev); break;
-		default: return; /* a decision is pending, or the handshake is over */
+		case ST_METHODS:
+			progress = parse_methods(m);
+			break;
+		case ST_AUTH:
+			progress = parse_auth(m, ev);
+			break;
+		case ST_REQUEST:
+			progress = parse_request(m, ev);
+			break;
+		default:
+			return; /* a decision is pending, or the handshake is over */
 		}
 		if (ev->type != KUMO_SOCKS5_EV_NONE)
 			return;
 		if (!progress) {
 			if (m->eof) {
-				finish(m, KUMO_SOCKS5_REP_NONE, "client closed during the handshake");
+				finish(m, KUMO_SOCKS5_REP_NONE,
+				       "client closed during the handshake");
 				continue;
 			}
 			if (m->now >= m->last + m->timeout) {
@@ -512,18 +528,26 @@ void kumo_socks5_tick(struct kumo_socks5 *m, uint64_t now_ms)
 enum kumo_socks5_rep kumo_socks5_rep_from_errno(int err)
 {
 	switch (err < 0 ? -err : err) {
-	case 0: return KUMO_SOCKS5_REP_SUCCEEDED;
+	case 0:
+		return KUMO_SOCKS5_REP_SUCCEEDED;
 	case ENETUNREACH:
-	case ENETDOWN: return KUMO_SOCKS5_REP_NET_UNREACHABLE;
+	case ENETDOWN:
+		return KUMO_SOCKS5_REP_NET_UNREACHABLE;
 	case EHOSTUNREACH:
-	case EHOSTDOWN: return KUMO_SOCKS5_REP_HOST_UNREACHABLE;
-	case ECONNREFUSED: return KUMO_SOCKS5_REP_CONN_REFUSED;
+	case EHOSTDOWN:
+		return KUMO_SOCKS5_REP_HOST_UNREACHABLE;
+	case ECONNREFUSED:
+		return KUMO_SOCKS5_REP_CONN_REFUSED;
 	case ETIMEDOUT:
-	case ETIME: return KUMO_SOCKS5_REP_TTL_EXPIRED;
+	case ETIME:
+		return KUMO_SOCKS5_REP_TTL_EXPIRED;
 	case EACCES:
-	case EPERM: return KUMO_SOCKS5_REP_NOT_ALLOWED;
-	case EAFNOSUPPORT: return KUMO_SOCKS5_REP_ATYP_NOT_SUPPORTED;
-	default: return KUMO_SOCKS5_REP_GENERAL_FAILURE;
+	case EPERM:
+		return KUMO_SOCKS5_REP_NOT_ALLOWED;
+	case EAFNOSUPPORT:
+		return KUMO_SOCKS5_REP_ATYP_NOT_SUPPORTED;
+	default:
+		return KUMO_SOCKS5_REP_GENERAL_FAILURE;
 	}
 }
 

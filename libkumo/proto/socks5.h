@@ -79,12 +79,12 @@ struct kumo_socks5_ev {
 	size_t user_len;
 	const char *pass; /* AUTH: same */
 	size_t pass_len;
-	const struct kumo_socks5_request *req;	 /* BIND, CONNECT; CLOSE when a request was
-						  * parsed, else NULL */
-	const struct sockaddr_storage *source;	 /* CONNECT: the address BIND reported, or
-						  * NULL without a BIND */
-	enum kumo_socks5_rep rep;		 /* CLOSE: the reply code sent, or REP_NONE */
-	const char *reason;			 /* CLOSE: static text */
+	const struct kumo_socks5_request *req; /* BIND, CONNECT; CLOSE when a request was
+						* parsed, else NULL */
+	const struct sockaddr_storage *source; /* CONNECT: the address BIND reported, or
+						* NULL without a BIND */
+	enum kumo_socks5_rep rep;	       /* CLOSE: the reply code sent, or REP_NONE */
+	const char *reason;		       /* CLOSE: static text */
 };
 
 struct kumo_socks5;

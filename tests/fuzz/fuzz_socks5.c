@@ -90,8 +90,8 @@ static void log_event(struct run *r, const struct kumo_socks5_ev *ev)
 		break;
 	case KUMO_SOCKS5_EV_BIND:
 	case KUMO_SOCKS5_EV_CONNECT:
-		if (!ev->req || (ev->req->addr.ss_family != AF_INET &&
-				 ev->req->addr.ss_family != AF_INET6))
+		if (!ev->req ||
+		    (ev->req->addr.ss_family != AF_INET && ev->req->addr.ss_family != AF_INET6))
 			abort();
 		sb_put(&r->ev, &ev->req->addr, sizeof(ev->req->addr));
 		sb_put(&r->ev, &ev->req->port, sizeof(ev->req->port));
@@ -108,7 +108,8 @@ static void log_event(struct run *r, const struct kumo_socks5_ev *ev)
 			sb_put(&r->ev, ev->req->host, ev->req->host_len);
 		}
 		break;
-	default: break;
+	default:
+		break;
 	}
 }
 
@@ -118,7 +119,9 @@ static void decide(struct run *r, const struct kumo_socks5_ev *ev)
 	local_addr(r, &a);
 	int rc = 0;
 	switch (ev->type) {
-	case KUMO_SOCKS5_EV_AUTH: rc = kumo_socks5_auth_done(r->m, r->flags & 2); break;
+	case KUMO_SOCKS5_EV_AUTH:
+		rc = kumo_socks5_auth_done(r->m, r->flags & 2);
+		break;
 	case KUMO_SOCKS5_EV_BIND:
 		rc = kumo_socks5_bind_done(r->m, r->bind_rep,
 					   (r->flags & 8) ? (struct sockaddr *)&a : NULL);
@@ -127,7 +130,8 @@ static void decide(struct run *r, const struct kumo_socks5_ev *ev)
 		rc = kumo_socks5_connect_done(r->m, r->connect_rep,
 					      (r->flags & 16) ? (struct sockaddr *)&a : NULL);
 		break;
-	default: break;
+	default:
+		break;
 	}
 	if (rc != 0)
 		abort();

@@ -209,3 +209,26 @@ def test_two_nodes_share_one_connection_limit_through_redis(kumod, tmp_path):
         sink.close()
         rp.terminate()
         rp.wait(timeout=10)
+
+
+def test_max_ready_holds_messages_back(kumod, tmp_path):
+    sink = CountingSink()
+    sink.delay = 0.2
+    shaping = tmp_path / "shaping.toml"
+    shaping.write_text('["ready.test"]\nmax_ready = 2\nconnection_limit = 1\n')
+    k = kumod(threads=1, extra='[routing]\nsmart_host = "127.0.0.1:%d"\n'
+                                '[shaping]\nfiles = ["%s"]\n' % (sink.port, shaping))
+    try:
+        t0 = time.monotonic()
+        inject(k, 10, "ready.test", conns=10)
+        time.sleep(max(0, t0 + 5 - time.monotonic()))
+        # one in flight plus two ready: the others wait in the scheduled queue (>= 10 s)
+        early = len(sink.arrivals)
+        assert early <= 4, early
+        t_end = time.monotonic() + 45
+        while time.monotonic() < t_end and len(sink.arrivals) < 10:
+            time.sleep(0.5)
+        assert len(sink.arrivals) == 10
+        assert not [r for r in k.records() if r["type"] == "TransientFailure"]
+    finally:
+        sink.close()

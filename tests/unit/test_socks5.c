@@ -22,8 +22,11 @@
 #define HELLO_NOAUTH "\x05\x01\x00"
 #define HELLO_AUTH "\x05\x01\x02"
 #define HELLO_BOTH "\x05\x02\x00\x02"
-#define CREDS_UP "\x01\x01u\x01p"		  /* user "u", password "p" */
-#define CREDS_ALICE "\x01\x05" "alice\x06" "secret" /* alice / secret */
+#define CREDS_UP "\x01\x01u\x01p" /* user "u", password "p" */
+#define CREDS_ALICE                                                                                \
+	"\x01\x05"                                                                                 \
+	"alice\x06"                                                                                \
+	"secret" /* alice / secret */
 /* CONNECT 10.0.0.1:25 */
 #define CONNECT_V4 "\x05\x01\x00\x01\x0a\x00\x00\x01\x00\x19"
 /* CONNECT [2001:db8::1]:587 */
@@ -34,7 +37,9 @@
 #define BIND_V6                                                                                    \
 	"\x05\x02\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00"
 /* CONNECT example.com:25 */
-#define CONNECT_NAME "\x05\x01\x00\x03\x0b" "example.com\x00\x19"
+#define CONNECT_NAME                                                                               \
+	"\x05\x01\x00\x03\x0b"                                                                     \
+	"example.com\x00\x19"
 
 /* ---- Server replies ---- */
 #define M_NOAUTH "\x05\x00"
@@ -59,24 +64,24 @@
 
 /* What the embedder answers. Addresses are "ip:port" or "[ip6]:port"; NULL: the default. */
 struct policy {
-	const char *user, *pass;     /* credentials accepted (NULL: any) */
-	int bind_rep;		     /* reply to BIND */
-	const char *bound;	     /* address reported for BIND (NULL: requested) */
-	int connect_rep;	     /* reply to CONNECT */
-	const char *local;	     /* address reported for CONNECT */
+	const char *user, *pass; /* credentials accepted (NULL: any) */
+	int bind_rep;		 /* reply to BIND */
+	const char *bound;	 /* address reported for BIND (NULL: requested) */
+	int connect_rep;	 /* reply to CONNECT */
+	const char *local;	 /* address reported for CONNECT */
 };
 
 struct transcript {
 	const char *name;
-	bool auth;		 /* cfg.auth_required */
-	const char *in;		 /* every byte the client sends */
+	bool auth;	/* cfg.auth_required */
+	const char *in; /* every byte the client sends */
 	size_t in_len;
-	bool eof;		 /* the client closes after sending everything */
+	bool eof; /* the client closes after sending everything */
 	struct policy pol;
-	const char *out;	 /* every byte the machine writes */
+	const char *out; /* every byte the machine writes */
 	size_t out_len;
-	const char *events;	 /* events, each followed by ";" */
-	const char *leftover;	 /* input after the CONNECT request (NULL: none) */
+	const char *events;   /* events, each followed by ";" */
+	const char *leftover; /* input after the CONNECT request (NULL: none) */
 	size_t leftover_len;
 };
 
@@ -86,86 +91,250 @@ struct transcript {
 #define LEFT(s) BYTES(leftover, s)
 
 static const struct transcript transcripts[] = {
-    {"connect ipv4", false, IN(HELLO_NOAUTH CONNECT_V4), false, {.local = "192.0.2.2:40000"},
-     OUT(M_NOAUTH OK_LOCAL), "CONNECT 10.0.0.1:25;RELAY;"},
-    {"connect ipv6", false, IN(HELLO_NOAUTH CONNECT_V6), false, {.local = "[::1]:443"},
-     OUT(M_NOAUTH OK_LOCAL6), "CONNECT [2001:db8::1]:587;RELAY;"},
-    {"offer of both without auth", false, IN(HELLO_BOTH CONNECT_V4), false,
-     {.local = "192.0.2.2:40000"}, OUT(M_NOAUTH OK_LOCAL), "CONNECT 10.0.0.1:25;RELAY;"},
-    {"auth accepted", true, IN(HELLO_BOTH CREDS_ALICE CONNECT_V4), false,
+    {"connect ipv4",
+     false,
+     IN(HELLO_NOAUTH CONNECT_V4),
+     false,
+     {.local = "192.0.2.2:40000"},
+     OUT(M_NOAUTH OK_LOCAL),
+     "CONNECT 10.0.0.1:25;RELAY;"},
+    {"connect ipv6",
+     false,
+     IN(HELLO_NOAUTH CONNECT_V6),
+     false,
+     {.local = "[::1]:443"},
+     OUT(M_NOAUTH OK_LOCAL6),
+     "CONNECT [2001:db8::1]:587;RELAY;"},
+    {"offer of both without auth",
+     false,
+     IN(HELLO_BOTH CONNECT_V4),
+     false,
+     {.local = "192.0.2.2:40000"},
+     OUT(M_NOAUTH OK_LOCAL),
+     "CONNECT 10.0.0.1:25;RELAY;"},
+    {"auth accepted",
+     true,
+     IN(HELLO_BOTH CREDS_ALICE CONNECT_V4),
+     false,
      {.user = "alice", .pass = "secret", .local = "192.0.2.2:40000"},
-     OUT(M_AUTH AUTH_OK OK_LOCAL), "AUTH alice/secret;CONNECT 10.0.0.1:25;RELAY;"},
-    {"auth refused", true, IN(HELLO_AUTH CREDS_UP CONNECT_V4), false,
-     {.user = "alice", .pass = "secret"}, OUT(M_AUTH AUTH_BAD),
+     OUT(M_AUTH AUTH_OK OK_LOCAL),
+     "AUTH alice/secret;CONNECT 10.0.0.1:25;RELAY;"},
+    {"auth refused",
+     true,
+     IN(HELLO_AUTH CREDS_UP CONNECT_V4),
+     false,
+     {.user = "alice", .pass = "secret"},
+     OUT(M_AUTH AUTH_BAD),
      "AUTH u/p;CLOSE - authentication failed;"},
-    {"empty credentials", true, IN(HELLO_AUTH "\x01\x00\x00"), false,
-     {.user = "alice", .pass = "secret"}, OUT(M_AUTH AUTH_BAD),
+    {"empty credentials",
+     true,
+     IN(HELLO_AUTH "\x01\x00\x00"),
+     false,
+     {.user = "alice", .pass = "secret"},
+     OUT(M_AUTH AUTH_BAD),
      "AUTH /;CLOSE - authentication failed;"},
-    {"credentials with NUL", true, IN(HELLO_AUTH "\x01\x03" "a\x00" "b\x01z" CONNECT_V4), false,
-     {.local = "192.0.2.2:40000"}, OUT(M_AUTH AUTH_OK OK_LOCAL),
+    {"credentials with NUL",
+     true,
+     IN(HELLO_AUTH "\x01\x03"
+		   "a\x00"
+		   "b\x01z" CONNECT_V4),
+     false,
+     {.local = "192.0.2.2:40000"},
+     OUT(M_AUTH AUTH_OK OK_LOCAL),
      "AUTH a?b/z;CONNECT 10.0.0.1:25;RELAY;"},
-    {"bad auth version", true, IN(HELLO_AUTH "\x05\x01u\x01p"), false, {}, OUT(M_AUTH AUTH_BAD),
+    {"bad auth version",
+     true,
+     IN(HELLO_AUTH "\x05\x01u\x01p"),
+     false,
+     {},
+     OUT(M_AUTH AUTH_BAD),
      "CLOSE - bad authentication subnegotiation version;"},
-    {"auth required, not offered", true, IN(HELLO_NOAUTH CONNECT_V4), false, {},
-     OUT(M_REFUSED), "CLOSE - no acceptable method: authentication required;"},
-    {"no auth, only userpass offered", false, IN(HELLO_AUTH CREDS_UP), false, {},
-     OUT(M_REFUSED), "CLOSE - no acceptable method: no-authentication not offered;"},
-    {"no methods", false, IN("\x05\x00"), false, {}, OUT(M_REFUSED),
+    {"auth required, not offered",
+     true,
+     IN(HELLO_NOAUTH CONNECT_V4),
+     false,
+     {},
+     OUT(M_REFUSED),
+     "CLOSE - no acceptable method: authentication required;"},
+    {"no auth, only userpass offered",
+     false,
+     IN(HELLO_AUTH CREDS_UP),
+     false,
+     {},
+     OUT(M_REFUSED),
      "CLOSE - no acceptable method: no-authentication not offered;"},
-    {"socks4", false, IN("\x04\x01\x00\x19\x0a\x00\x00\x01" "user\x00"), false, {}, OUT(""),
+    {"no methods",
+     false,
+     IN("\x05\x00"),
+     false,
+     {},
+     OUT(M_REFUSED),
+     "CLOSE - no acceptable method: no-authentication not offered;"},
+    {"socks4",
+     false,
+     IN("\x04\x01\x00\x19\x0a\x00\x00\x01"
+	"user\x00"),
+     false,
+     {},
+     OUT(""),
      "CLOSE - not SOCKS version 5;"},
-    {"request version", false, IN(HELLO_NOAUTH "\x04\x01\x00\x01\x0a\x00\x00\x01\x00\x19"),
-     false, {}, OUT(M_NOAUTH FAIL("\x01")), "CLOSE 01 request is not SOCKS version 5;"},
-    {"domain target", false, IN(HELLO_NOAUTH CONNECT_NAME), false, {},
+    {"request version",
+     false,
+     IN(HELLO_NOAUTH "\x04\x01\x00\x01\x0a\x00\x00\x01\x00\x19"),
+     false,
+     {},
+     OUT(M_NOAUTH FAIL("\x01")),
+     "CLOSE 01 request is not SOCKS version 5;"},
+    {"domain target",
+     false,
+     IN(HELLO_NOAUTH CONNECT_NAME),
+     false,
+     {},
      OUT(M_NOAUTH FAIL("\x08")),
      "CLOSE 08 domain name targets are not supported req=example.com:25;"},
-    {"domain bind", false, IN(HELLO_NOAUTH "\x05\x02\x00\x03\x01x\x00\x00"), false, {},
-     OUT(M_NOAUTH FAIL("\x08")), "CLOSE 08 domain name targets are not supported req=x:0;"},
-    {"udp associate", false, IN(HELLO_NOAUTH "\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00"), false,
-     {}, OUT(M_NOAUTH FAIL("\x07")), "CLOSE 07 command not supported req=0.0.0.0:0;"},
-    {"unknown command", false, IN(HELLO_NOAUTH "\x05\x09\x00\x03\x01x\x00\x50"), false, {},
-     OUT(M_NOAUTH FAIL("\x07")), "CLOSE 07 command not supported req=x:80;"},
-    {"unknown address type", false, IN(HELLO_NOAUTH "\x05\x01\x00\x02\x00\x00"), false, {},
-     OUT(M_NOAUTH FAIL("\x08")), "CLOSE 08 unknown address type;"},
-    {"reserved byte ignored", false, IN(HELLO_NOAUTH "\x05\x01\x7f\x01\x0a\x00\x00\x01\x00\x19"),
-     false, {.local = "192.0.2.2:40000"}, OUT(M_NOAUTH OK_LOCAL), "CONNECT 10.0.0.1:25;RELAY;"},
-    {"bind then connect", false, IN(HELLO_NOAUTH BIND_V4 CONNECT_V4), false,
-     {.local = "127.0.0.2:41234"}, OUT(M_NOAUTH OK_BIND OK_BOUND),
+    {"domain bind",
+     false,
+     IN(HELLO_NOAUTH "\x05\x02\x00\x03\x01x\x00\x00"),
+     false,
+     {},
+     OUT(M_NOAUTH FAIL("\x08")),
+     "CLOSE 08 domain name targets are not supported req=x:0;"},
+    {"udp associate",
+     false,
+     IN(HELLO_NOAUTH "\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00"),
+     false,
+     {},
+     OUT(M_NOAUTH FAIL("\x07")),
+     "CLOSE 07 command not supported req=0.0.0.0:0;"},
+    {"unknown command",
+     false,
+     IN(HELLO_NOAUTH "\x05\x09\x00\x03\x01x\x00\x50"),
+     false,
+     {},
+     OUT(M_NOAUTH FAIL("\x07")),
+     "CLOSE 07 command not supported req=x:80;"},
+    {"unknown address type",
+     false,
+     IN(HELLO_NOAUTH "\x05\x01\x00\x02\x00\x00"),
+     false,
+     {},
+     OUT(M_NOAUTH FAIL("\x08")),
+     "CLOSE 08 unknown address type;"},
+    {"reserved byte ignored",
+     false,
+     IN(HELLO_NOAUTH "\x05\x01\x7f\x01\x0a\x00\x00\x01\x00\x19"),
+     false,
+     {.local = "192.0.2.2:40000"},
+     OUT(M_NOAUTH OK_LOCAL),
+     "CONNECT 10.0.0.1:25;RELAY;"},
+    {"bind then connect",
+     false,
+     IN(HELLO_NOAUTH BIND_V4 CONNECT_V4),
+     false,
+     {.local = "127.0.0.2:41234"},
+     OUT(M_NOAUTH OK_BIND OK_BOUND),
      "BIND 127.0.0.2:0;CONNECT 10.0.0.1:25 from 127.0.0.2:0;RELAY;"},
-    {"bind reports its address", false, IN(HELLO_NOAUTH BIND_V4 CONNECT_V4), false,
+    {"bind reports its address",
+     false,
+     IN(HELLO_NOAUTH BIND_V4 CONNECT_V4),
+     false,
      {.bound = "127.0.0.2:41234", .local = "127.0.0.2:41234"},
      OUT(M_NOAUTH OK_BOUND OK_BOUND),
      "BIND 127.0.0.2:0;CONNECT 10.0.0.1:25 from 127.0.0.2:41234;RELAY;"},
-    {"bind ipv6 then connect", false, IN(HELLO_NOAUTH BIND_V6 CONNECT_V6), false,
-     {.local = "[::1]:443"}, OUT(M_NOAUTH OK_BIND6 OK_LOCAL6),
+    {"bind ipv6 then connect",
+     false,
+     IN(HELLO_NOAUTH BIND_V6 CONNECT_V6),
+     false,
+     {.local = "[::1]:443"},
+     OUT(M_NOAUTH OK_BIND6 OK_LOCAL6),
      "BIND [::1]:0;CONNECT [2001:db8::1]:587 from [::1]:0;RELAY;"},
-    {"bind with auth", true, IN(HELLO_AUTH CREDS_UP BIND_V4 CONNECT_V4), false,
-     {.local = "127.0.0.2:41234"}, OUT(M_AUTH AUTH_OK OK_BIND OK_BOUND),
+    {"bind with auth",
+     true,
+     IN(HELLO_AUTH CREDS_UP BIND_V4 CONNECT_V4),
+     false,
+     {.local = "127.0.0.2:41234"},
+     OUT(M_AUTH AUTH_OK OK_BIND OK_BOUND),
      "AUTH u/p;BIND 127.0.0.2:0;CONNECT 10.0.0.1:25 from 127.0.0.2:0;RELAY;"},
-    {"bind not allowed", false, IN(HELLO_NOAUTH BIND_V4 CONNECT_V4), false,
-     {.bind_rep = 2}, OUT(M_NOAUTH FAIL("\x02")), "BIND 127.0.0.2:0;CLOSE 02 BIND refused req=127.0.0.2:0;"},
-    {"bind address unavailable", false, IN(HELLO_NOAUTH BIND_V4), false, {.bind_rep = 1},
-     OUT(M_NOAUTH FAIL("\x01")), "BIND 127.0.0.2:0;CLOSE 01 BIND refused req=127.0.0.2:0;"},
-    {"second bind", false, IN(HELLO_NOAUTH BIND_V4 BIND_V4 CONNECT_V4), false, {},
-     OUT(M_NOAUTH OK_BIND FAIL("\x01")), "BIND 127.0.0.2:0;CLOSE 01 second BIND req=127.0.0.2:0;"},
-    {"bind then eof", false, IN(HELLO_NOAUTH BIND_V4), true, {}, OUT(M_NOAUTH OK_BIND),
+    {"bind not allowed",
+     false,
+     IN(HELLO_NOAUTH BIND_V4 CONNECT_V4),
+     false,
+     {.bind_rep = 2},
+     OUT(M_NOAUTH FAIL("\x02")),
+     "BIND 127.0.0.2:0;CLOSE 02 BIND refused req=127.0.0.2:0;"},
+    {"bind address unavailable",
+     false,
+     IN(HELLO_NOAUTH BIND_V4),
+     false,
+     {.bind_rep = 1},
+     OUT(M_NOAUTH FAIL("\x01")),
+     "BIND 127.0.0.2:0;CLOSE 01 BIND refused req=127.0.0.2:0;"},
+    {"second bind",
+     false,
+     IN(HELLO_NOAUTH BIND_V4 BIND_V4 CONNECT_V4),
+     false,
+     {},
+     OUT(M_NOAUTH OK_BIND FAIL("\x01")),
+     "BIND 127.0.0.2:0;CLOSE 01 second BIND req=127.0.0.2:0;"},
+    {"bind then eof",
+     false,
+     IN(HELLO_NOAUTH BIND_V4),
+     true,
+     {},
+     OUT(M_NOAUTH OK_BIND),
      "BIND 127.0.0.2:0;CLOSE - client closed during the handshake req=127.0.0.2:0;"},
-    {"leftover after connect", false, IN(HELLO_NOAUTH CONNECT_V4 "EHLO x\r\n"), false,
-     {.local = "192.0.2.2:40000"}, OUT(M_NOAUTH OK_LOCAL), "CONNECT 10.0.0.1:25;RELAY;",
+    {"leftover after connect",
+     false,
+     IN(HELLO_NOAUTH CONNECT_V4 "EHLO x\r\n"),
+     false,
+     {.local = "192.0.2.2:40000"},
+     OUT(M_NOAUTH OK_LOCAL),
+     "CONNECT 10.0.0.1:25;RELAY;",
      LEFT("EHLO x\r\n")},
-    {"leftover with eof", false, IN(HELLO_NOAUTH BIND_V4 CONNECT_V4 "QUIT\r\n"), true,
-     {.local = "127.0.0.2:41234"}, OUT(M_NOAUTH OK_BIND OK_BOUND),
-     "BIND 127.0.0.2:0;CONNECT 10.0.0.1:25 from 127.0.0.2:0;RELAY;", LEFT("QUIT\r\n")},
-    {"eof before anything", false, IN(""), true, {}, OUT(""),
+    {"leftover with eof",
+     false,
+     IN(HELLO_NOAUTH BIND_V4 CONNECT_V4 "QUIT\r\n"),
+     true,
+     {.local = "127.0.0.2:41234"},
+     OUT(M_NOAUTH OK_BIND OK_BOUND),
+     "BIND 127.0.0.2:0;CONNECT 10.0.0.1:25 from 127.0.0.2:0;RELAY;",
+     LEFT("QUIT\r\n")},
+    {"eof before anything",
+     false,
+     IN(""),
+     true,
+     {},
+     OUT(""),
      "CLOSE - client closed during the handshake;"},
-    {"eof in the method offer", false, IN("\x05\x02\x00"), true, {}, OUT(""),
+    {"eof in the method offer",
+     false,
+     IN("\x05\x02\x00"),
+     true,
+     {},
+     OUT(""),
      "CLOSE - client closed during the handshake;"},
-    {"eof in the request", false, IN(HELLO_NOAUTH "\x05\x01\x00\x01\x0a"), true, {},
-     OUT(M_NOAUTH), "CLOSE - client closed during the handshake;"},
-    {"eof in credentials", true, IN(HELLO_AUTH "\x01\x05" "ali"), true, {}, OUT(M_AUTH),
+    {"eof in the request",
+     false,
+     IN(HELLO_NOAUTH "\x05\x01\x00\x01\x0a"),
+     true,
+     {},
+     OUT(M_NOAUTH),
      "CLOSE - client closed during the handshake;"},
-    {"incomplete is quiet", false, IN(HELLO_NOAUTH "\x05\x01\x00\x04\x20\x01"), false, {},
-     OUT(M_NOAUTH), ""},
+    {"eof in credentials",
+     true,
+     IN(HELLO_AUTH "\x01\x05"
+		   "ali"),
+     true,
+     {},
+     OUT(M_AUTH),
+     "CLOSE - client closed during the handshake;"},
+    {"incomplete is quiet",
+     false,
+     IN(HELLO_NOAUTH "\x05\x01\x00\x04\x20\x01"),
+     false,
+     {},
+     OUT(M_NOAUTH),
+     ""},
 };
 
 /* ---- Harness ---- */
@@ -288,12 +457,14 @@ static void handle(struct run *r, const struct kumo_socks5_ev *ev)
 		}
 		if (pol->local)
 			parse_addr(pol->local, &a);
-		assert_int_equal(kumo_socks5_connect_done(r->m,
-							  (enum kumo_socks5_rep)pol->connect_rep,
-							  pol->local ? (struct sockaddr *)&a : NULL),
-				 0);
+		assert_int_equal(
+		    kumo_socks5_connect_done(r->m, (enum kumo_socks5_rep)pol->connect_rep,
+					     pol->local ? (struct sockaddr *)&a : NULL),
+		    0);
 		break;
-	case KUMO_SOCKS5_EV_RELAY: sb_str(&r->ev, "RELAY"); break;
+	case KUMO_SOCKS5_EV_RELAY:
+		sb_str(&r->ev, "RELAY");
+		break;
 	case KUMO_SOCKS5_EV_CLOSE:
 		r->closed = true;
 		sb_str(&r->ev, "CLOSE ");
@@ -314,7 +485,8 @@ static void handle(struct run *r, const struct kumo_socks5_ev *ev)
 			sb_addr(&r->ev, &ev->req->addr);
 		}
 		break;
-	default: fail();
+	default:
+		fail();
 	}
 	sb_str(&r->ev, ";");
 }
@@ -391,8 +563,8 @@ static void run_split(const struct transcript *t, const size_t *cuts, size_t ncu
 		fail();
 	}
 	if (strcmp(r.ev.p ? r.ev.p : "", t->events)) {
-		fprintf(stderr, "%s: events\n  got  %s\n  want %s\n", t->name,
-			r.ev.p ? r.ev.p : "", t->events);
+		fprintf(stderr, "%s: events\n  got  %s\n  want %s\n", t->name, r.ev.p ? r.ev.p : "",
+			t->events);
 		fail();
 	}
 	/* What the relay forwards: the leftover, then what was read after the RELAY. */
@@ -451,31 +623,53 @@ static void test_every_reply_code(void **state)
 		memcpy(out, M_NOAUTH, 2);
 		memcpy(out + 2, FAIL("\x01"), 10);
 		out[3] = (char)rep;
-		struct transcript t = {"connect failure", false, IN(HELLO_NOAUTH CONNECT_V4), false,
-				       {.connect_rep = rep}, out, 12, events};
-		snprintf(events, sizeof(events), "CONNECT 10.0.0.1:25;CLOSE %s CONNECT failed "
-						 "req=10.0.0.1:25;", names[rep]);
+		struct transcript t = {"connect failure",
+				       false,
+				       IN(HELLO_NOAUTH CONNECT_V4),
+				       false,
+				       {.connect_rep = rep},
+				       out,
+				       12,
+				       events};
+		snprintf(events, sizeof(events),
+			 "CONNECT 10.0.0.1:25;CLOSE %s CONNECT failed "
+			 "req=10.0.0.1:25;",
+			 names[rep]);
 		run_transcript(&t);
 
 		char out2[2 + 10 + 10];
 		memcpy(out2, M_NOAUTH OK_BIND, 12);
 		memcpy(out2 + 12, FAIL("\x01"), 10);
 		out2[13] = (char)rep;
-		struct transcript b = {"connect failure after bind", false,
-				       IN(HELLO_NOAUTH BIND_V4 CONNECT_V4), false,
-				       {.connect_rep = rep}, out2, 22, events};
+		struct transcript b = {"connect failure after bind",
+				       false,
+				       IN(HELLO_NOAUTH BIND_V4 CONNECT_V4),
+				       false,
+				       {.connect_rep = rep},
+				       out2,
+				       22,
+				       events};
 		snprintf(events, sizeof(events),
 			 "BIND 127.0.0.2:0;CONNECT 10.0.0.1:25 from 127.0.0.2:0;CLOSE %s CONNECT "
-			 "failed req=10.0.0.1:25;", names[rep]);
+			 "failed req=10.0.0.1:25;",
+			 names[rep]);
 		run_transcript(&b);
 
 		memcpy(out, M_NOAUTH, 2);
 		memcpy(out + 2, FAIL("\x01"), 10);
 		out[3] = (char)rep;
-		struct transcript c = {"bind failure", false, IN(HELLO_NOAUTH BIND_V4 CONNECT_V4),
-				       false, {.bind_rep = rep}, out, 12, events};
-		snprintf(events, sizeof(events), "BIND 127.0.0.2:0;CLOSE %s BIND refused "
-						 "req=127.0.0.2:0;", names[rep]);
+		struct transcript c = {"bind failure",
+				       false,
+				       IN(HELLO_NOAUTH BIND_V4 CONNECT_V4),
+				       false,
+				       {.bind_rep = rep},
+				       out,
+				       12,
+				       events};
+		snprintf(events, sizeof(events),
+			 "BIND 127.0.0.2:0;CLOSE %s BIND refused "
+			 "req=127.0.0.2:0;",
+			 names[rep]);
 		run_transcript(&c);
 	}
 }
@@ -487,11 +681,12 @@ static void test_long_name(void **state)
 	memcpy(in, HELLO_NOAUTH "\x05\x01\x00\x03\xff", 8);
 	memset(in + 8, 'a', 255);
 	memcpy(in + 8 + 255, "\x01\xbb", 2);
-	int n = snprintf(events, sizeof(events), "CLOSE 08 domain name targets are not supported req=");
+	int n =
+	    snprintf(events, sizeof(events), "CLOSE 08 domain name targets are not supported req=");
 	memset(events + n, 'a', 255);
 	snprintf(events + n + 255, sizeof(events) - (size_t)n - 255, ":443;");
-	struct transcript t = {"long name", false, in, sizeof(in), false, {}, OUT(M_NOAUTH FAIL("\x08")),
-			       events};
+	struct transcript t = {
+	    "long name", false, in, sizeof(in), false, {}, OUT(M_NOAUTH FAIL("\x08")), events};
 	run_transcript(&t);
 }
 
@@ -694,9 +889,9 @@ static void test_api_errors(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_transcripts),	  cmocka_unit_test(test_every_reply_code),
+	    cmocka_unit_test(test_transcripts),	   cmocka_unit_test(test_every_reply_code),
 	    cmocka_unit_test(test_rep_from_errno), cmocka_unit_test(test_timeouts),
-	    cmocka_unit_test(test_api_errors),	  cmocka_unit_test(test_long_name),
+	    cmocka_unit_test(test_api_errors),	   cmocka_unit_test(test_long_name),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
