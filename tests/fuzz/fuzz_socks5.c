@@ -24,6 +24,8 @@ struct sbuf {
 
 static void sb_put(struct sbuf *b, const void *p, size_t n)
 {
+	if (!n)
+		return; /* nothing to copy: b->p may still be NULL */
 	if (b->n + n > b->cap) {
 		b->cap = (b->n + n) * 2 + 64;
 		b->p = realloc(b->p, b->cap);

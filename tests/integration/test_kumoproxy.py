@@ -266,8 +266,9 @@ def test_curl_through_proxy(proxy, web):
     assert rec["source"].startswith("127.0.0.1:") and rec["bind"] is None
     assert rec["client"].startswith("127.0.0.1:") and rec["user"] is None
     assert rec["bytes_up"] > 0 and rec["bytes_down"] > len(b"hello through the proxy\n")
-    # the source port in the record is the port the server saw
-    assert recs[1]["source"] == r.stdout.decode()
+    # the source port in a record is the port the server saw (records of different threads
+    # may come in any order)
+    assert r.stdout.decode() in [x["source"] for x in recs]
 
 
 @pytest.mark.parametrize("relay", ["copy", "splice"])
@@ -313,7 +314,7 @@ def test_auth_accepted(proxy, web, users):
     r = curl(p, "http://127.0.0.1:%d/" % web, "--proxy-user", "bob:pa:ss")
     assert r.returncode == 0, r.stderr
     recs = p.wait_records(2)
-    assert [x["user"] for x in recs] == ["alice", "bob"]
+    assert sorted(x["user"] for x in recs) == ["alice", "bob"]
 
 
 def test_auth_refused(proxy, web, users):
@@ -353,8 +354,8 @@ def test_domain_target_refused(proxy, web):
     assert_closed(s)
     recs = p.wait_records(2)
     assert [x["reply"] for x in recs] == [8, 8]
-    assert recs[1]["target"] == "localhost:%d" % web
-    assert recs[1]["reason"] == "domain name targets are not supported"
+    assert all(x["target"] == "localhost:%d" % web for x in recs)
+    assert all(x["reason"] == "domain name targets are not supported" for x in recs)
 
 
 def test_connection_refused(proxy):
@@ -446,7 +447,7 @@ def test_address_type_not_supported(proxy, peer):
     assert_closed(s)
     recs = p.wait_records(2)
     assert [x["reply"] for x in recs] == [8, 8]
-    assert recs[1]["reason"] == "source and target address families differ"
+    assert "source and target address families differ" in [x["reason"] for x in recs]
 
 
 def test_source_not_allowed(proxy, peer):
@@ -461,8 +462,9 @@ def test_source_not_allowed(proxy, peer):
     assert code == 0 and host == "127.0.0.2"
     s.close()
     recs = p.wait_records(2)
-    assert recs[0]["reply"] == 2 and recs[0]["reason"] == "source address not allowed"
-    assert recs[0]["bind"] == "127.0.0.3:0"
+    refused = [x for x in recs if x["bind"] == "127.0.0.3:0"]
+    assert len(refused) == 1
+    assert refused[0]["reply"] == 2 and refused[0]["reason"] == "source address not allowed"
 
 
 def test_general_failure(proxy):
@@ -482,7 +484,9 @@ def test_general_failure(proxy):
     assert read_reply(s)[0] == 1
     recs = p.wait_records(3)
     assert [x["reply"] for x in recs] == [1, 1, 1]
-    assert recs[0]["reason"] == "bind: Cannot assign requested address"
+    assert sorted(x["reason"] for x in recs) == ["bind: Cannot assign requested address",
+                                                 "request is not SOCKS version 5",
+                                                 "second BIND"]
 
 
 def test_connection_limit(proxy, peer):
@@ -637,8 +641,8 @@ def test_handshake_timeout(proxy):
     s = connect(p)  # method chosen, request never sent
     assert s.recv(10) == b""
     recs = p.wait_records(2)
-    assert [x["reason"] for x in recs] == ["timeout waiting for the method offer",
-                                           "timeout waiting for a request"]
+    assert sorted(x["reason"] for x in recs) == ["timeout waiting for a request",
+                                                 "timeout waiting for the method offer"]
     assert all(x["result"] == "closed" and x["reply"] is None for x in recs)
 
 
