@@ -3,7 +3,7 @@
 # kumo-bench sink, on loopback. usage: bench/relay.sh [MESSAGES] [SIZE] [CONNECTIONS] [THREADS]
 # Delivered msg/s = messages / time from the first injection to the last arrival at the sink.
 # BENCH_ARGS adds generator options (e.g. "--domains-file FILE"); SHAPING=1 loads the
-# community shaping files.
+# community shaping files; PROXY=1 sends through kumoproxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-100000} size=${2:-10240} conns=${3:-50} threads=${4:-2}
@@ -23,6 +23,17 @@ path = "$dir/log"
 [routing]
 smart_host = "127.0.0.1:$sport"
 TOML
+# PROXY=1: kumod leaves through kumoproxy (SOCKS5) started here
+if [ -n "${PROXY:-}" ]; then
+	pport=$((30000 + RANDOM % 20000))
+	build/daemons/kumoproxy/kumoproxy --listen "127.0.0.1:$pport" --log /dev/null \
+		2>"$dir/proxy.err" &
+	ppid=$!
+	printf '[[egress_source]]\nname = "via-proxy"\nsocks5_proxy_server = "127.0.0.1:%s"\n' \
+		"$pport" >>"$dir/kumod.toml"
+	printf '[[egress_pool]]\nname = "p"\nentries = [{name = "via-proxy"}]\n' >>"$dir/kumod.toml"
+	printf '[egress]\ndefault_pool = "p"\n' >>"$dir/kumod.toml"
+fi
 # SHAPING=1: load KumoMTA's community shaping files, plus an overlay that lifts the
 # ["default"] limits (100 msg/s and 10 connections per site) so that what is measured
 # is the cost of shaping, not its limits
@@ -38,7 +49,7 @@ fi
 spid=$!
 "$kumod" --config "$dir/kumod.toml" 2>"$dir/kumod.err" &
 pid=$!
-trap 'kill $pid $spid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+trap 'kill $pid $spid ${ppid:-} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 200); do
 	kill -0 $pid 2>/dev/null || { cat "$dir/kumod.err" >&2; exit 1; }
 	grep -q ready "$dir/kumod.err" 2>/dev/null && break
