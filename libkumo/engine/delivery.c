@@ -88,14 +88,6 @@ struct kumo_delivery {
 	uint32_t *route_sites;   /* per engine route */
 	int64_t **wrr;           /* per pool: smooth weighted round robin state */
 	struct kumo_throttle *throttle; /* shared limits in Redis, or NULL */
-	/* provider_connection_limit and provider_max_message_rate: one budget per provider
-	 * (and loop) over every site the provider matches */
-	struct kumo_provider {
-		char *name;
-		unsigned nconns, conn_limit; /* conn_limit 0: none */
-		double T, tau, tat;           /* GCRA for messages; T 0: none */
-	} *providers;
-	size_t nproviders;
 	struct kumo_buf dsn;
 	uint64_t dsn_seq;
 	bool stopping;
@@ -239,35 +231,6 @@ static void gcra_take(double T, double *tat, double now)
 		*tat = (*tat > now ? *tat : now) + T;
 }
 
-/* The shared budget of the first matching provider with provider limits, or KUMO_NONE. */
-static uint32_t provider_for(struct kumo_delivery *d, const struct kumo_shaping_params *p,
-			     unsigned nloops)
-{
-	if (!p->nproviders || (!p->providers[0].connection_limit.limit &&
-			       !p->providers[0].max_message_rate.count))
-		return KUMO_NONE;
-	const struct kumo_shaping_provider *sp = &p->providers[0];
-	size_t i = 0;
-	while (i < d->nproviders && strcmp(d->providers[i].name, sp->name) != 0)
-		i++;
-	if (i == d->nproviders) {
-		struct kumo_provider *a = realloc(d->providers, (i + 1) * sizeof(*a));
-		if (!a)
-			return KUMO_NONE;
-		d->providers = a;
-		memset(&a[i], 0, sizeof(a[i]));
-		if (!(a[i].name = strdup(sp->name)))
-			return KUMO_NONE;
-		d->nproviders++;
-	}
-	struct kumo_provider *pr = &d->providers[i];
-	pr->conn_limit = sp->connection_limit.limit
-				 ? (unsigned)((sp->connection_limit.limit + nloops - 1) / nloops)
-				 : 0;
-	gcra_setup(&sp->max_message_rate, nloops, &pr->T, &pr->tau);
-	return (uint32_t)i;
-}
-
 /* Computes a site's limits from the shaping files (or the engine's settings). */
 static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 {
@@ -276,7 +239,6 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 	unsigned nloops = l->e->nloops ? l->e->nloops : 1;
 	s->shaped = true;
 	s->conn_limit = d->conn_limit;
-	s->provider = KUMO_NONE;
 	s->max_ready = 0;
 	s->max_deliveries = d->max_deliveries;
 	s->idle_ms = d->idle_ms;
@@ -297,7 +259,11 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 		return;
 	if (p.set & (1u << KUMO_SHAPING_F_CONNECTION_LIMIT))
 		s->conn_limit = (unsigned)((p.connection_limit.limit + nloops - 1) / nloops);
-	s->provider = provider_for(d, &p, nloops);
+	if (p.nproviders && p.providers[0].connection_limit.limit) {
+		unsigned pl = (unsigned)((p.providers[0].connection_limit.limit + nloops - 1) /
+					 nloops);
+		s->conn_limit = pl < s->conn_limit ? pl : s->conn_limit;
+	}
 	if (s->conn_limit == 0)
 		s->conn_limit = 1;
 	s->shared_conn_limit = 0;
@@ -315,6 +281,11 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 	if (p.set & (1u << KUMO_SHAPING_F_IDLE_TIMEOUT))
 		s->idle_ms = p.idle_timeout_ms;
 	struct kumo_shaping_rate mr = p.max_message_rate;
+	if (p.nproviders && p.providers[0].max_message_rate.count &&
+	    (!mr.count || (double)p.providers[0].max_message_rate.count /
+				      (double)p.providers[0].max_message_rate.period_ms <
+			      (double)mr.count / (double)mr.period_ms))
+		mr = p.providers[0].max_message_rate;
 	s->shared_count = 0;
 	if (d->throttle && mr.count && !mr.local) {
 		/* one limit for every node: Redis keeps it, the local GCRA stays off */
@@ -939,8 +910,6 @@ static void oc_close(struct kumo_delivery *d, struct kumo_oconn *oc)
 	if (!oc->established)
 		s->nconnecting--;
 	s->nconns--;
-	if (s->provider != KUMO_NONE && d->providers[s->provider].nconns)
-		d->providers[s->provider].nconns--;
 	if (oc->lease[0] && d->throttle) {
 		char name[600];
 		lease_name(s, name, sizeof(name));
@@ -1049,8 +1018,6 @@ static void oc_open(struct kumo_delivery *d, uint32_t site)
 	oc->state = OC_CONNECTING;
 	snprintf(oc->lease, sizeof(oc->lease), "%s", s->lease_ready);
 	s->lease_ready[0] = 0;
-	if (s->provider != KUMO_NONE)
-		d->providers[s->provider].nconns++;
 	oc->lease_renewed_ms = d->l->now_ms;
 	s->nconns++;
 	s->nconnecting++;
@@ -1120,10 +1087,6 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 	}
 	while (s->nready && !d->stopping) {
 		uint64_t wait = gcra_wait(s->msg_T, s->msg_tau, s->msg_tat, now);
-		if (!wait && s->provider != KUMO_NONE) {
-			const struct kumo_provider *pr = &d->providers[s->provider];
-			wait = gcra_wait(pr->T, pr->tau, pr->tat, now);
-		}
 		if (wait) {
 			site_timer(d, site, wait);
 			break;
@@ -1141,11 +1104,6 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 		}
 		if (s->nconns >= s->conn_limit || s->nconnecting >= s->nready)
 			break;
-		if (s->provider != KUMO_NONE && d->providers[s->provider].conn_limit &&
-		    d->providers[s->provider].nconns >= d->providers[s->provider].conn_limit) {
-			site_timer(d, site, 200); /* another site of the provider may free one */
-			break;
-		}
 		if ((wait = gcra_wait(s->conn_T, s->conn_tau, s->conn_tat, now))) {
 			site_timer(d, site, wait);
 			break;
@@ -1232,9 +1190,6 @@ static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc)
 	struct kumo_site *s = &l->queues.sites[oc->site];
 	double now = (double)l->now_ms;
 	uint64_t wait = gcra_wait(s->msg_T, s->msg_tau, s->msg_tat, now);
-	struct kumo_provider *pr = s->provider != KUMO_NONE ? &d->providers[s->provider] : NULL;
-	if (!wait && pr)
-		wait = gcra_wait(pr->T, pr->tau, pr->tat, now);
 	uint64_t until = kumo_conf_suspended(l->conf, KUMO_SUSPEND_SITE, s->name,
 					     strlen(s->name), l->now_ms);
 	if (until)
@@ -1249,8 +1204,6 @@ static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc)
 					 : kumo_list_pop(&l->queues, &s->ready_head, &s->ready_tail);
 	if (m != KUMO_NONE) {
 		gcra_take(s->msg_T, &s->msg_tat, now);
-		if (pr)
-			gcra_take(pr->T, &pr->tat, now);
 		s->token_ready = false;
 	}
 	if (m == KUMO_NONE && oc->lease[0] && !s->nready && oc->sm) {
@@ -1944,9 +1897,6 @@ void kumo_delivery_fini(struct kumo_loop *l)
 	}
 	free(d->oc);
 	free(d->route_sites);
-	for (size_t i = 0; i < d->nproviders; i++)
-		free(d->providers[i].name);
-	free(d->providers);
 	for (size_t i = 0; d->wrr && i < l->e->npools; i++)
 		free(d->wrr[i]);
 	free(d->wrr);

@@ -63,7 +63,6 @@ struct kumo_site {
 	unsigned conn_limit;
 	unsigned max_deliveries;
 	uint64_t max_ready;     /* 0: no bound on the ready queue */
-	uint32_t provider;      /* index of the matching provider's shared limits, or KUMO_NONE */
 	uint64_t idle_ms;
 	double msg_T, msg_tau, msg_tat;    /* GCRA for messages: interval, tolerance, TAT (ms) */
 	double conn_T, conn_tau, conn_tat; /* GCRA for new connections */
