@@ -809,9 +809,29 @@ static void proceed_helo(struct kumo_smtp_server *s, char *args)
 	do_helo(s, args, false);
 }
 
+/* The "FROM:<path> params" of MAIL or "TO:<path> params" of RCPT into s->cmd; answers a
+ * syntax error itself and returns false then. */
+static bool path_and_params(struct kumo_smtp_server *s, char *args, bool rcpt,
+			    enum path_result *pr)
+{
+	const char *kw = rcpt ? "TO:" : "FROM:";
+	size_t kl = strlen(kw);
+	if (strncasecmp(args, kw, kl))
+		return cmd_fail(s, 501, "5.5.4",
+				rcpt ? "Syntax: RCPT TO:<address>" : "Syntax: MAIL FROM:<address>");
+	const char *p = args + kl;
+	while (*p == ' ')
+		p++;
+	memset(&s->cmd, 0, sizeof(s->cmd));
+	*pr = parse_path(s, &p, rcpt);
+	if (*pr == PATH_SYNTAX)
+		return rcpt ? cmd_fail(s, 501, "5.1.3", "Bad recipient address syntax")
+			    : cmd_fail(s, 501, "5.1.7", "Bad sender address syntax");
+	return parse_params(s, args + (p - args), rcpt ? PK_RCPT : PK_MAIL);
+}
+
 static bool check_mail(struct kumo_smtp_server *s, char *args)
 {
-	const char *p;
 	enum path_result pr;
 
 	if (s->messages >= s->lim.max_messages) {
@@ -823,16 +843,7 @@ static bool check_mail(struct kumo_smtp_server *s, char *args)
 		return cmd_fail(s, 503, "5.5.1", "Send HELO or EHLO first");
 	if (s->txn_active)
 		return cmd_fail(s, 503, "5.5.1", "Nested MAIL command");
-	if (strncasecmp(args, "FROM:", 5))
-		return cmd_fail(s, 501, "5.5.4", "Syntax: MAIL FROM:<address>");
-	p = args + 5;
-	while (*p == ' ')
-		p++;
-	memset(&s->cmd, 0, sizeof(s->cmd));
-	pr = parse_path(s, &p, false);
-	if (pr == PATH_SYNTAX)
-		return cmd_fail(s, 501, "5.1.7", "Bad sender address syntax");
-	if (!parse_params(s, args + (p - args), PK_MAIL))
+	if (!path_and_params(s, args, false, &pr))
 		return false;
 	if (pr == PATH_NONASCII && !s->cmd.smtputf8)
 		return cmd_fail(s, 553, "5.6.7", "Non-ASCII address needs SMTPUTF8");
@@ -865,23 +876,13 @@ static void proceed_mail(struct kumo_smtp_server *s, char *args)
 
 static bool check_rcpt(struct kumo_smtp_server *s, char *args)
 {
-	const char *p;
 	enum path_result pr;
 
 	if (!s->txn_active)
 		return cmd_fail(s, 503, "5.5.1", "Need MAIL command");
 	if (s->bdat)
 		return cmd_fail(s, 503, "5.5.1", "RCPT not allowed after BDAT");
-	if (strncasecmp(args, "TO:", 3))
-		return cmd_fail(s, 501, "5.5.4", "Syntax: RCPT TO:<address>");
-	p = args + 3;
-	while (*p == ' ')
-		p++;
-	memset(&s->cmd, 0, sizeof(s->cmd));
-	pr = parse_path(s, &p, true);
-	if (pr == PATH_SYNTAX)
-		return cmd_fail(s, 501, "5.1.3", "Bad recipient address syntax");
-	if (!parse_params(s, args + (p - args), PK_RCPT))
+	if (!path_and_params(s, args, true, &pr))
 		return false;
 	if (pr == PATH_NONASCII && !s->txn.smtputf8)
 		return cmd_fail(s, 553, "5.6.7", "Non-ASCII address needs SMTPUTF8");
