@@ -22,6 +22,8 @@
 
 #define SITE_TTL_MS (5 * 60 * 1000)
 #define LEASE_TTL_MS 60000 /* a Redis connection lease; renewed every third of it */
+#define SOURCE_RETRY_MS 5000       /* a failed egress source is tried again after this, */
+#define SOURCE_MAX_RETRY_MS 300000 /* doubling up to this */
 
 /* The Redis key part of a site's shared connection limit. */
 static void lease_name(const struct kumo_site *s, char *buf, size_t cap)
@@ -78,6 +80,12 @@ struct kumo_oconn {
 	uint64_t lease_renewed_ms;
 };
 
+/* Whether an egress source (its bind address or its proxy) works, as this loop saw it. */
+struct source_health {
+	uint64_t retry_ms;       /* 0: healthy; else the current back-off */
+	uint64_t next_try_ms;    /* an unhealthy source is probed again from then */
+};
+
 struct kumo_delivery {
 	struct kumo_loop *l;
 	struct kumo_dns *dns;
@@ -87,6 +95,7 @@ struct kumo_delivery {
 	uint32_t smart_site;
 	uint32_t *route_sites;   /* per engine route */
 	int64_t **wrr;           /* per pool: smooth weighted round robin state */
+	struct source_health *health; /* per egress source */
 	struct kumo_throttle *throttle; /* shared limits in Redis, or NULL */
 	struct kumo_buf dsn;
 	uint64_t dsn_seq;
@@ -324,16 +333,27 @@ static int queue_pool(const struct kumo_delivery *d, const struct kumo_queue *q)
 	return def >= 0 ? def : e->npools ? 0 : -1;
 }
 
-/* Smooth weighted round robin over the pool's sources. */
+static bool source_unhealthy(const struct kumo_delivery *d, uint32_t src)
+{
+	return src != KUMO_NONE && d->health[src].retry_ms != 0;
+}
+
+/* Smooth weighted round robin over the pool's healthy sources (over all of them when
+ * none is healthy). */
 static uint32_t pick_source(struct kumo_delivery *d, int pool)
 {
 	const struct kumo_pool *p = &d->l->e->pools[pool];
 	int64_t *cur = d->wrr[pool], total = 0;
-	size_t best = 0;
+	bool any_healthy = false;
+	for (size_t i = 0; i < p->n; i++)
+		any_healthy |= !source_unhealthy(d, p->sources[i]);
+	size_t best = p->n;
 	for (size_t i = 0; i < p->n; i++) {
+		if (any_healthy && source_unhealthy(d, p->sources[i]))
+			continue;
 		cur[i] += p->weights[i];
 		total += p->weights[i];
-		if (cur[i] > cur[best])
+		if (best == p->n || cur[i] > cur[best])
 			best = i;
 	}
 	cur[best] -= total;
@@ -836,6 +856,101 @@ static void make_due(struct kumo_delivery *d, uint32_t m)
 	}
 }
 
+/* ---- egress source health ------------------------------------------------------- */
+
+/* Kicks every ready queue sending through source src (or, with src KUMO_NONE, every one
+ * built on base site b whose source is healthy) that has messages. */
+static void kick_source_sites(struct kumo_delivery *d, uint32_t src, uint32_t b)
+{
+	struct kumo_queues *qs = &d->l->queues;
+	for (uint32_t i = 0; i < qs->nsites; i++) {
+		const struct kumo_site *s = &qs->sites[i];
+		bool match = src != KUMO_NONE ? s->source == src
+					      : s->base == b && s->source != KUMO_NONE &&
+							!source_unhealthy(d, s->source);
+		if (match && s->nready)
+			site_kick(d, i);
+	}
+}
+
+/* The source's bind address or proxy failed: new messages go to the pool's other
+ * sources, the ready ones move there, and the source is probed again after a back-off
+ * (5 s, doubling up to 5 min). Nothing is deferred or bounced for it. */
+static void source_failed(struct kumo_delivery *d, uint32_t src, const char *why)
+{
+	struct source_health *h = &d->health[src];
+	uint64_t now = d->l->now_ms;
+	if (h->retry_ms && now < h->next_try_ms)
+		return; /* already known */
+	bool was_healthy = !h->retry_ms;
+	h->retry_ms = h->retry_ms ? h->retry_ms * 2 : SOURCE_RETRY_MS;
+	if (h->retry_ms > SOURCE_MAX_RETRY_MS)
+		h->retry_ms = SOURCE_MAX_RETRY_MS;
+	h->next_try_ms = now + h->retry_ms;
+	kumo_elog(d->l->e, was_healthy ? KUMO_LOG_WARN : KUMO_LOG_INFO,
+		  "egress source '%s' is unhealthy: %s; its messages go to other sources of "
+		  "their pool or wait; next try in %llu s",
+		  d->l->e->sources[src].name, why, (unsigned long long)(h->retry_ms / 1000));
+	kick_source_sites(d, src, KUMO_NONE);
+}
+
+static void source_ok(struct kumo_delivery *d, uint32_t src)
+{
+	if (src == KUMO_NONE || !d->health[src].retry_ms)
+		return;
+	d->health[src] = (struct source_health){0};
+	kumo_elog(d->l->e, KUMO_LOG_INFO, "egress source '%s' is healthy again",
+		  d->l->e->sources[src].name);
+	kick_source_sites(d, src, KUMO_NONE);
+}
+
+/* Moves the ready messages of site si (whose source is unhealthy) to a healthy source of
+ * their queue's pool; those without one stay. A message past its age limit expires. */
+static void reroute_ready(struct kumo_delivery *d, uint32_t si)
+{
+	struct kumo_queues *qs = &d->l->queues;
+	uint64_t n = qs->sites[si].nready;
+	bool moved = false;
+	char why[300];
+	snprintf(why, sizeof(why), "Egress source %s is unhealthy",
+		 d->l->e->sources[qs->sites[si].source].name);
+	struct outcome o = {.code = 451, .enhanced = "4.4.1", .text = why, .command = "connect"};
+	for (; n; n--) {
+		struct kumo_site *s = &qs->sites[si];
+		uint32_t m = kumo_list_pop(qs, &s->ready_head, &s->ready_tail);
+		if (m == KUMO_NONE)
+			break;
+		s->nready--;
+		if (expired(d, m)) {
+			defer_cheap(d, m, &o); /* records the attempt, then expires it */
+			continue;
+		}
+		uint32_t to = ready_site(d, qs->sites[si].base, &qs->queues[qs->msgs[m].queue]);
+		if (to == KUMO_NONE || source_unhealthy(d, qs->sites[to].source))
+			to = si;
+		moved |= to != si;
+		ready_push(d, to, m);
+	}
+	if (moved)
+		kick_source_sites(d, KUMO_NONE, qs->sites[si].base);
+}
+
+/* For a site whose source is unhealthy: true when one connection may probe the source
+ * now; otherwise its messages moved or wait for the next try (a timer is set). */
+static bool probe_source(struct kumo_delivery *d, uint32_t si)
+{
+	reroute_ready(d, si);
+	struct kumo_site *s = &d->l->queues.sites[si];
+	const struct source_health *h = &d->health[s->source];
+	if (!s->nready)
+		return false;
+	if (d->l->now_ms < h->next_try_ms) {
+		site_timer(d, si, h->next_try_ms - d->l->now_ms);
+		return false;
+	}
+	return s->nconns == 0;
+}
+
 /* ---- outbound connections -------------------------------------------------------- */
 
 static uint64_t oc_ud(const struct kumo_delivery *d, const struct kumo_oconn *oc,
@@ -1021,7 +1136,13 @@ static void oc_open(struct kumo_delivery *d, uint32_t site)
 	oc->lease_renewed_ms = d->l->now_ms;
 	s->nconns++;
 	s->nconnecting++;
-	if (oc_connect(d, oc) < 0) {
+	int err = oc_connect(d, oc);
+	if (err == -EADDRNOTAVAIL || err == -EADDRINUSE) {
+		char why[160]; /* its bind address is gone */
+		snprintf(why, sizeof(why), "bind: %s", strerror(-err));
+		source_failed(d, s->source, why);
+		oc_close(d, oc);
+	} else if (err < 0) {
 		struct outcome o = {.code = 451, .enhanced = "4.4.1",
 				    .text = "No address to connect to", .command = "connect"};
 		oc->sm = NULL;
@@ -1085,6 +1206,13 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 			site_timer(d, site, until - d->l->now_ms);
 		return;
 	}
+	unsigned limit = s->conn_limit;
+	if (source_unhealthy(d, s->source)) {
+		if (!probe_source(d, site))
+			return;
+		limit = 1; /* one connection finds out whether the source works again */
+		s = &d->l->queues.sites[site];
+	}
 	while (s->nready && !d->stopping) {
 		uint64_t wait = gcra_wait(s->msg_T, s->msg_tau, s->msg_tat, now);
 		if (wait) {
@@ -1102,7 +1230,7 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 			s = &d->l->queues.sites[site];
 			continue;
 		}
-		if (s->nconns >= s->conn_limit || s->nconnecting >= s->nready)
+		if (s->nconns >= limit || s->nconnecting >= s->nready)
 			break;
 		if ((wait = gcra_wait(s->conn_T, s->conn_tau, s->conn_tat, now))) {
 			site_timer(d, site, wait);
@@ -1114,6 +1242,8 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 		gcra_take(s->conn_T, &s->conn_tat, now);
 		oc_open(d, site);
 		s = &d->l->queues.sites[site];
+		if (source_unhealthy(d, s->source))
+			break; /* it failed at once: the source's timer kicks the site */
 	}
 }
 
@@ -1556,6 +1686,13 @@ static bool proxy_begin(struct kumo_delivery *d, struct kumo_oconn *oc)
 	return true;
 }
 
+/* SOCKS5 replies blaming the target, not the proxy: network or host unreachable,
+ * connection refused, TTL expired (RFC 1928 6). */
+static bool target_unreachable(int reply)
+{
+	return reply >= 3 && reply <= 6;
+}
+
 /* Moves handshake bytes both ways; starts the session once the proxy connected. */
 static void proxy_pump(struct kumo_delivery *d, struct kumo_oconn *oc)
 {
@@ -1572,10 +1709,13 @@ static void proxy_pump(struct kumo_delivery *d, struct kumo_oconn *oc)
 		char text[200];
 		snprintf(text, sizeof(text), "Egress proxy: %s (reply %d)",
 			 r < 0 ? oc->sx->error : "connection closed", oc->sx->reply);
-		struct outcome o = {.code = 451, .enhanced = "4.4.1", .text = text,
-				    .command = "connect"};
-		kumo_elog(d->l->e, KUMO_LOG_WARN, "%s", text);
-		site_unreachable(d, oc->site, &o);
+		if (target_unreachable(oc->sx->reply)) {
+			struct outcome o = {.code = 451, .enhanced = "4.4.1", .text = text,
+					    .command = "connect"};
+			site_unreachable(d, oc->site, &o);
+		} else {
+			source_failed(d, d->l->queues.sites[oc->site].source, text);
+		}
 		oc_close(d, oc);
 		return;
 	}
@@ -1592,6 +1732,16 @@ static void proxy_pump(struct kumo_delivery *d, struct kumo_oconn *oc)
 
 static void connect_done(struct kumo_delivery *d, struct kumo_oconn *oc, int res)
 {
+	const struct kumo_site *s = &d->l->queues.sites[oc->site];
+	const struct kumo_source *px =
+		s->source != KUMO_NONE ? &d->l->e->sources[s->source] : NULL;
+	if (res < 0 && px && (px->socks5.ss_family || px->ha.ss_family)) {
+		char why[200]; /* the proxy itself is unreachable */
+		snprintf(why, sizeof(why), "proxy connect: %s", strerror(-res));
+		source_failed(d, s->source, why);
+		oc_close(d, oc);
+		return;
+	}
 	if (res < 0) {
 		close(oc->fd);
 		oc->fd = -1;
@@ -1621,6 +1771,8 @@ static void start_session(struct kumo_delivery *d, struct kumo_oconn *oc)
 {
 	struct kumo_smtp_client_cfg cc = d->ccfg;
 	const struct kumo_site *s = &d->l->queues.sites[oc->site];
+	source_ok(d, s->source);
+	s = &d->l->queues.sites[oc->site];
 	if (s->source != KUMO_NONE && d->l->e->sources[s->source].ehlo_name)
 		cc.ehlo_name = d->l->e->sources[s->source].ehlo_name;
 	if (kumo_smtp_client_new(&cc, d->l->now_ms, &oc->sm) < 0) {
@@ -1825,7 +1977,8 @@ static int fixed_sites(struct kumo_delivery *d)
 		return -EINVAL;
 	d->route_sites = calloc(e->nroutes ? e->nroutes : 1, sizeof(uint32_t));
 	d->wrr = calloc(e->npools ? e->npools : 1, sizeof(*d->wrr));
-	if (!d->route_sites || !d->wrr)
+	d->health = calloc(e->nsources ? e->nsources : 1, sizeof(*d->health));
+	if (!d->route_sites || !d->wrr || !d->health)
 		return -ENOMEM;
 	for (size_t i = 0; i < e->npools; i++)
 		if (!(d->wrr[i] = calloc(e->pools[i].n, sizeof(int64_t))))
@@ -1900,6 +2053,7 @@ void kumo_delivery_fini(struct kumo_loop *l)
 	for (size_t i = 0; d->wrr && i < l->e->npools; i++)
 		free(d->wrr[i]);
 	free(d->wrr);
+	free(d->health);
 	kumo_buf_free(&d->dsn);
 	if (d->dns)
 		kumo_dns_free(d->dns);

@@ -92,3 +92,67 @@ def test_kumoproxy_socks5_source_selection(kumod, tmp_path):
         pp.terminate()
         pp.wait(timeout=10)
         sink.close()
+
+
+def start_kumoproxy(port):
+    return subprocess.Popen([KUMOPROXY, "--listen", "127.0.0.1:%d" % port],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def socks_source(name, pport, source):
+    return (name, 'socks5_proxy_server = "127.0.0.1:%d"\nsocks5_proxy_source_address = "%s"'
+            % (pport, source))
+
+
+def test_source_with_dead_proxy_hands_its_mail_to_the_pool(kumod):
+    """Source a's proxy is down: it is marked unhealthy, its messages go through source b,
+    none is deferred or bounced."""
+    sink = CountingSink()
+    live, dead = free_port(), free_port()
+    pp = start_kumoproxy(live)
+    try:
+        time.sleep(0.5)
+        k = kumod(extra='[routing]\nsmart_host = "127.0.0.1:%d"\n' % sink.port + pool([
+            socks_source("a", dead, "127.0.0.2"), socks_source("b", live, "127.0.0.3")]))
+        inject(k, 60, "pool.test", conns=4)
+        wait_arrivals(sink, 60)
+        assert len(sink.arrivals) == 60
+        assert set(sink.peers) == {"127.0.0.3"}, set(sink.peers)
+        time.sleep(0.5)
+        types = [r["type"] for r in k.records()]
+        assert types.count("Delivery") == 60
+        assert "TransientFailure" not in types and "Bounce" not in types, types
+        assert all(r["egress_source"] == "b" for r in k.records() if r["type"] == "Delivery")
+        assert "egress source 'a' is unhealthy: proxy connect: Connection refused" in k.log_text()
+    finally:
+        pp.terminate()
+        pp.wait(timeout=10)
+        sink.close()
+
+
+def test_only_source_with_dead_proxy_waits_until_it_returns(kumod):
+    """The pool's only source has its proxy down: messages wait in their ready queue, no
+    attempt is counted; once the proxy is back, the next probe finds it and they go."""
+    sink = CountingSink()
+    pport = free_port()
+    k = kumod(extra='[routing]\nsmart_host = "127.0.0.1:%d"\n' % sink.port + pool([
+        socks_source("a", pport, "127.0.0.2")]))
+    inject(k, 20, "wait.test", conns=2)
+    time.sleep(2)
+    assert not sink.arrivals
+    assert "egress source 'a' is unhealthy" in k.log_text()
+    pp = start_kumoproxy(pport)
+    try:
+        wait_arrivals(sink, 20, timeout=30)
+        assert len(sink.arrivals) == 20
+        assert set(sink.peers) == {"127.0.0.2"}
+        time.sleep(0.5)
+        types = [r["type"] for r in k.records()]
+        assert types.count("Delivery") == 20
+        assert "TransientFailure" not in types and "Bounce" not in types, types
+        assert all(r["num_attempts"] == 1 for r in k.records() if r["type"] == "Delivery")
+        assert "egress source 'a' is healthy again" in k.log_text()
+    finally:
+        pp.terminate()
+        pp.wait(timeout=10)
+        sink.close()
