@@ -17,6 +17,7 @@
 #include "engine/shaping.h"
 #include "engine/throttle.h"
 #include "proto/dsn.h"
+#include "engine/provider.h"
 #include "proto/egress_proxy.h"
 #include "proto/smtp_client.h"
 
@@ -24,6 +25,9 @@
 #define LEASE_TTL_MS 60000 /* a Redis connection lease; renewed every third of it */
 #define SOURCE_RETRY_MS 5000       /* a failed egress source is tried again after this, */
 #define SOURCE_MAX_RETRY_MS 300000 /* doubling up to this */
+/* A connection holding part of a spent provider budget hands it over to a waiting site of
+ * the provider after this many transactions (at once when it has nothing to send). */
+#define PROVIDER_HANDOVER_AFTER 10
 
 /* The Redis key part of a site's shared connection limit. */
 static void lease_name(const struct kumo_site *s, char *buf, size_t cap)
@@ -50,6 +54,7 @@ struct kumo_oconn {
 	uint32_t inflight;       /* SQEs posted for this slot and not completed */
 	uint32_t next_free, idle_next;
 	uint32_t site;
+	uint32_t provider;       /* the provider budget it counts against, or KUMO_NONE */
 	unsigned host, addr;     /* the address being tried or used */
 	uint64_t since_ms;       /* connect start or idle start */
 	struct kumo_smtp_client *sm;
@@ -96,6 +101,7 @@ struct kumo_delivery {
 	uint32_t *route_sites;   /* per engine route */
 	int64_t **wrr;           /* per pool: smooth weighted round robin state */
 	struct source_health *health; /* per egress source */
+	struct kumo_providers providers; /* provider budgets */
 	struct kumo_throttle *throttle; /* shared limits in Redis, or NULL */
 	struct kumo_buf dsn;
 	uint64_t dsn_seq;
@@ -113,6 +119,7 @@ static void site_kick(struct kumo_delivery *d, uint32_t site);
 static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc);
 static bool shared_token(struct kumo_delivery *d, uint32_t si);
 static void make_due(struct kumo_delivery *d, uint32_t m);
+static void site_remove_idle(struct kumo_delivery *d, struct kumo_oconn *oc);
 
 static uint64_t or_default(uint64_t v, uint64_t def)
 {
@@ -240,6 +247,27 @@ static void gcra_take(double T, double *tat, double now)
 		*tat = (*tat > now ? *tat : now) + T;
 }
 
+/* The budget of the first matching provider that sets provider_connection_limit or
+ * provider_max_message_rate, for the site's egress source; KUMO_NONE without one. */
+static uint32_t provider_budget(struct kumo_delivery *d, const struct kumo_shaping_params *p,
+				uint32_t source, unsigned nloops)
+{
+	const struct kumo_shaping_provider *sp = NULL;
+	for (size_t i = 0; i < p->nproviders && !sp; i++)
+		if (p->providers[i].connection_limit.limit || p->providers[i].max_message_rate.count)
+			sp = &p->providers[i];
+	if (!sp)
+		return KUMO_NONE;
+	uint32_t i = kumo_provider_intern(&d->providers, sp->name, source);
+	if (i == KUMO_NONE)
+		return i;
+	struct kumo_provider_budget *b = &d->providers.v[i];
+	uint64_t limit = sp->connection_limit.limit;
+	b->conn_limit = limit ? (unsigned)((limit + nloops - 1) / nloops) : 0;
+	gcra_setup(&sp->max_message_rate, nloops, &b->T, &b->tau);
+	return i;
+}
+
 /* Computes a site's limits from the shaping files (or the engine's settings). */
 static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 {
@@ -248,6 +276,7 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 	unsigned nloops = l->e->nloops ? l->e->nloops : 1;
 	s->shaped = true;
 	s->conn_limit = d->conn_limit;
+	s->provider = KUMO_NONE;
 	s->max_ready = 0;
 	s->max_deliveries = d->max_deliveries;
 	s->idle_ms = d->idle_ms;
@@ -268,11 +297,7 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 		return;
 	if (p.set & (1u << KUMO_SHAPING_F_CONNECTION_LIMIT))
 		s->conn_limit = (unsigned)((p.connection_limit.limit + nloops - 1) / nloops);
-	if (p.nproviders && p.providers[0].connection_limit.limit) {
-		unsigned pl = (unsigned)((p.providers[0].connection_limit.limit + nloops - 1) /
-					 nloops);
-		s->conn_limit = pl < s->conn_limit ? pl : s->conn_limit;
-	}
+	s->provider = provider_budget(d, &p, s->source, nloops);
 	if (s->conn_limit == 0)
 		s->conn_limit = 1;
 	s->shared_conn_limit = 0;
@@ -290,11 +315,6 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 	if (p.set & (1u << KUMO_SHAPING_F_IDLE_TIMEOUT))
 		s->idle_ms = p.idle_timeout_ms;
 	struct kumo_shaping_rate mr = p.max_message_rate;
-	if (p.nproviders && p.providers[0].max_message_rate.count &&
-	    (!mr.count || (double)p.providers[0].max_message_rate.count /
-				      (double)p.providers[0].max_message_rate.period_ms <
-			      (double)mr.count / (double)mr.period_ms))
-		mr = p.providers[0].max_message_rate;
 	s->shared_count = 0;
 	if (d->throttle && mr.count && !mr.local) {
 		/* one limit for every node: Redis keeps it, the local GCRA stays off */
@@ -856,6 +876,62 @@ static void make_due(struct kumo_delivery *d, uint32_t m)
 	}
 }
 
+/* ---- provider budgets -------------------------------------------------------------- */
+
+/* How long the site's next transaction must wait for its own and its provider's rate. */
+static uint64_t message_wait(const struct kumo_delivery *d, const struct kumo_site *s,
+			     double now)
+{
+	uint64_t wait = gcra_wait(s->msg_T, s->msg_tau, s->msg_tat, now);
+	if (s->provider != KUMO_NONE) {
+		const struct kumo_provider_budget *b = &d->providers.v[s->provider];
+		uint64_t w = gcra_wait(b->T, b->tau, b->tat, now);
+		wait = w > wait ? w : wait;
+	}
+	return wait;
+}
+
+/* True when oc holds a connection of a spent provider budget that another site waits for. */
+static bool provider_wanted(const struct kumo_delivery *d, const struct kumo_oconn *oc)
+{
+	if (oc->provider == KUMO_NONE)
+		return false;
+	const struct kumo_provider_budget *b = &d->providers.v[oc->provider];
+	return kumo_provider_full(b) && kumo_provider_others_wait(b, oc->site);
+}
+
+/* Site si found its provider's connections all taken: it waits for the next one freed,
+ * and an idle connection of another site of the provider is closed to free one. */
+static void provider_wait(struct kumo_delivery *d, uint32_t si)
+{
+	uint32_t pi = d->l->queues.sites[si].provider;
+	if (!kumo_provider_wait(&d->providers.v[pi], si))
+		return; /* it was waiting already */
+	for (uint32_t i = 0; i < d->noc; i++) {
+		struct kumo_oconn *oc = &d->oc[i];
+		if (oc->in_use && !oc->dead && oc->state == OC_IDLE && oc->provider == pi &&
+		    oc->site != si) {
+			site_remove_idle(d, oc);
+			oc->state = OC_QUITTING;
+			kumo_smtp_client_quit(oc->sm);
+			oc_pump(d, oc);
+			return;
+		}
+	}
+}
+
+/* A connection of provider budget pi closed: the sites waiting for one get their turn. */
+static void provider_released(struct kumo_delivery *d, uint32_t pi)
+{
+	struct kumo_provider_budget *b = &d->providers.v[pi];
+	if (b->nconns)
+		b->nconns--;
+	uint32_t si;
+	while (!kumo_provider_full(&d->providers.v[pi]) &&
+	       (si = kumo_provider_next_waiter(&d->providers.v[pi])) != KUMO_NONE)
+		site_kick(d, si);
+}
+
 /* ---- egress source health ------------------------------------------------------- */
 
 /* Kicks every ready queue sending through source src (or, with src KUMO_NONE, every one
@@ -981,6 +1057,7 @@ static struct kumo_oconn *oc_alloc(struct kumo_delivery *d)
 	oc->dead = oc->established = oc->eof = false;
 	oc->recv_busy = oc->send_busy = oc->read_busy = false;
 	oc->msg = KUMO_NONE;
+	oc->provider = KUMO_NONE;
 	oc->deliveries = 0;
 	oc->rpos = oc->rlen = oc->sent = 0;
 	oc->sbuf.len = 0;
@@ -1039,8 +1116,11 @@ static void oc_close(struct kumo_delivery *d, struct kumo_oconn *oc)
 	}
 	oc->fd = -1;
 	d->live--;
-	uint32_t site = oc->site;
+	uint32_t site = oc->site, provider = oc->provider;
+	oc->provider = KUMO_NONE;
 	oc_maybe_release(d, oc);
+	if (provider != KUMO_NONE)
+		provider_released(d, provider);
 	site_kick(d, site);
 }
 
@@ -1133,6 +1213,9 @@ static void oc_open(struct kumo_delivery *d, uint32_t site)
 	oc->state = OC_CONNECTING;
 	snprintf(oc->lease, sizeof(oc->lease), "%s", s->lease_ready);
 	s->lease_ready[0] = 0;
+	oc->provider = s->provider;
+	if (oc->provider != KUMO_NONE)
+		d->providers.v[oc->provider].nconns++;
 	oc->lease_renewed_ms = d->l->now_ms;
 	s->nconns++;
 	s->nconnecting++;
@@ -1214,7 +1297,7 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 		s = &d->l->queues.sites[site];
 	}
 	while (s->nready && !d->stopping) {
-		uint64_t wait = gcra_wait(s->msg_T, s->msg_tau, s->msg_tat, now);
+		uint64_t wait = message_wait(d, s, now);
 		if (wait) {
 			site_timer(d, site, wait);
 			break;
@@ -1232,6 +1315,10 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 		}
 		if (s->nconns >= limit || s->nconnecting >= s->nready)
 			break;
+		if (s->provider != KUMO_NONE && kumo_provider_full(&d->providers.v[s->provider])) {
+			provider_wait(d, site);
+			break; /* a connection of the provider that closes kicks the site */
+		}
 		if ((wait = gcra_wait(s->conn_T, s->conn_tau, s->conn_tat, now))) {
 			site_timer(d, site, wait);
 			break;
@@ -1319,7 +1406,7 @@ static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc)
 	struct kumo_loop *l = d->l;
 	struct kumo_site *s = &l->queues.sites[oc->site];
 	double now = (double)l->now_ms;
-	uint64_t wait = gcra_wait(s->msg_T, s->msg_tau, s->msg_tat, now);
+	uint64_t wait = message_wait(d, s, now);
 	uint64_t until = kumo_conf_suspended(l->conf, KUMO_SUSPEND_SITE, s->name,
 					     strlen(s->name), l->now_ms);
 	if (until)
@@ -1334,10 +1421,13 @@ static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc)
 					 : kumo_list_pop(&l->queues, &s->ready_head, &s->ready_tail);
 	if (m != KUMO_NONE) {
 		gcra_take(s->msg_T, &s->msg_tat, now);
+		if (s->provider != KUMO_NONE)
+			gcra_take(d->providers.v[s->provider].T, &d->providers.v[s->provider].tat, now);
 		s->token_ready = false;
 	}
-	if (m == KUMO_NONE && oc->lease[0] && !s->nready && oc->sm) {
-		/* nothing to send: give the cluster-wide lease back rather than idle on it */
+	if (m == KUMO_NONE && !s->nready && oc->sm && (oc->lease[0] || provider_wanted(d, oc))) {
+		/* nothing to send: give the cluster-wide lease, or the provider connection
+		 * another site waits for, back rather than idle on it */
 		oc->state = OC_QUITTING;
 		kumo_smtp_client_quit(oc->sm);
 		return;
@@ -1564,7 +1654,8 @@ static void on_ready(struct kumo_delivery *d, struct kumo_oconn *oc)
 		if (oc->msg != KUMO_NONE)
 			return;
 	}
-	if (oc->deliveries >= s->max_deliveries || d->stopping) {
+	if (oc->deliveries >= s->max_deliveries || d->stopping ||
+	    (oc->deliveries >= PROVIDER_HANDOVER_AFTER && provider_wanted(d, oc))) {
 		oc->state = OC_QUITTING;
 		kumo_smtp_client_quit(oc->sm);
 		return;
@@ -2054,6 +2145,7 @@ void kumo_delivery_fini(struct kumo_loop *l)
 		free(d->wrr[i]);
 	free(d->wrr);
 	free(d->health);
+	kumo_providers_free(&d->providers);
 	kumo_buf_free(&d->dsn);
 	if (d->dns)
 		kumo_dns_free(d->dns);

@@ -158,6 +158,7 @@ uint32_t kumo_site_intern(struct kumo_queues *q, const char *name)
 		return KUMO_NONE;
 	s->ready_head = s->ready_tail = s->idle_head = KUMO_NONE;
 	s->source = KUMO_NONE;
+	s->provider = KUMO_NONE;
 	s->base = q->nsites;
 	uint32_t h = hash_name(name) & (q->nsbuckets - 1);
 	s->hnext = q->sbuckets[h];

@@ -63,6 +63,7 @@ struct kumo_site {
 	unsigned conn_limit;
 	unsigned max_deliveries;
 	uint64_t max_ready;     /* 0: no bound on the ready queue */
+	uint32_t provider;      /* its provider budget (delivery's table), or KUMO_NONE */
 	uint64_t idle_ms;
 	double msg_T, msg_tau, msg_tat;    /* GCRA for messages: interval, tolerance, TAT (ms) */
 	double conn_T, conn_tau, conn_tat; /* GCRA for new connections */

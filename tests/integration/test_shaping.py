@@ -16,7 +16,7 @@ class CountingSink:
     """An SMTP sink on loopback recording, per accepted message, its arrival time and the
     client's address, and the highest number of concurrent connections."""
 
-    def __init__(self, host="127.0.0.1"):
+    def __init__(self, host="127.0.0.1", shared=None):
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, 0))
@@ -24,6 +24,7 @@ class CountingSink:
         self.port = self.sock.getsockname()[1]
         self.lock = threading.Lock()
         self.arrivals, self.peers, self.helos = [], [], []
+        self.counts = shared or self  # the sink whose active/max_active this one adds to
         self.active = self.max_active = 0
         self.delay = 0
         threading.Thread(target=self.accept_loop, daemon=True).start()
@@ -38,9 +39,11 @@ class CountingSink:
 
     def session(self, c, peer):
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.lock:
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
+        cnt = self.counts
+        with cnt.lock:
+            cnt.active += 1
+            cnt.max_active = max(cnt.max_active, cnt.active)
+        counted = True
         f = c.makefile("rb")
         try:
             c.sendall(b"220 sink ESMTP\r\n")
@@ -63,6 +66,9 @@ class CountingSink:
                         self.peers.append(peer)
                     c.sendall(b"250 2.0.0 ok\r\n")
                 elif verb == b"QUIT":
+                    with cnt.lock:  # the session is over for the client once it sees 221
+                        cnt.active -= 1
+                        counted = False
                     c.sendall(b"221 bye\r\n")
                     break
                 else:
@@ -70,8 +76,8 @@ class CountingSink:
         except OSError:
             pass
         finally:
-            with self.lock:
-                self.active -= 1
+            with cnt.lock:
+                cnt.active -= counted
             c.close()
 
     def close(self):
@@ -232,3 +238,81 @@ def test_max_ready_holds_messages_back(kumod, tmp_path):
         assert not [r for r in k.records() if r["type"] == "TransientFailure"]
     finally:
         sink.close()
+
+
+def provider_kumod(kumod, tmp_path, a, b, limits):
+    shaping = tmp_path / "shaping.toml"
+    shaping.write_text('[provider."prov"]\nmatch = [{DomainSuffix = ".prov.test"}]\n' + limits)
+    return kumod(threads=1, extra='[routing.domains]\n"a.prov.test" = "127.0.0.1:%d"\n'
+                                  '"b.prov.test" = "127.0.0.1:%d"\n[shaping]\nfiles = ["%s"]\n'
+                                  % (a.port, b.port, shaping))
+
+
+def wait_both(a, b, n, timeout=30):
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end and len(a.arrivals) + len(b.arrivals) < n:
+        time.sleep(0.2)
+    assert len(a.arrivals) + len(b.arrivals) == n
+
+
+def test_provider_connection_limit_spans_its_sites(kumod, tmp_path):
+    """Two sites of one provider share provider_connection_limit = 2: never more than two
+    connections over both, and neither site starves (connections are handed over)."""
+    a = CountingSink()
+    b = CountingSink(shared=a)
+    a.delay = b.delay = 0.05
+    k = provider_kumod(kumod, tmp_path, a, b, "provider_connection_limit = 2\n")
+    try:
+        inject(k, 80, "a.prov.test,b.prov.test", conns=10)
+        wait_both(a, b, 80)
+        assert len(a.arrivals) >= 10 and len(b.arrivals) >= 10  # a random split
+        assert a.max_active <= 2, a.max_active
+        assert a.max_active == 2, a.max_active
+        # both sites were served while the other still had mail: neither waited for the
+        # other to finish
+        assert min(b.arrivals) < max(a.arrivals) and min(a.arrivals) < max(b.arrivals)
+        assert not [r for r in k.records() if r["type"] != "Reception" and
+                    r["type"] != "Delivery"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_provider_max_message_rate_spans_its_sites(kumod, tmp_path):
+    """provider_max_message_rate = "20/s" is one rate for both sites of the provider."""
+    a = CountingSink()
+    b = CountingSink()
+    k = provider_kumod(kumod, tmp_path, a, b, 'provider_max_message_rate = "20/s"\n')
+    try:
+        inject(k, 100, "a.prov.test,b.prov.test", conns=10)
+        wait_both(a, b, 100)
+        times = sorted(a.arrivals + b.arrivals)
+        span = times[-1] - times[0]
+        # 100 messages at 20/s over both sites: a burst of 20, then 80 in 4 s;
+        # per site, the rate would allow 40/s: 1.5 s
+        assert span >= 3.6, span
+        assert a.arrivals and b.arrivals
+    finally:
+        a.close()
+        b.close()
+
+
+def test_provider_idle_connections_go_to_a_waiting_site(kumod, tmp_path):
+    """Site a's connections idle on the whole provider budget after its mail went; mail
+    for site b gets a connection at once, not after a's idle timeout (60 s)."""
+    a = CountingSink()
+    b = CountingSink(shared=a)
+    k = provider_kumod(kumod, tmp_path, a, b, "provider_connection_limit = 2\n")
+    try:
+        inject(k, 20, "a.prov.test", conns=4)
+        wait_both(a, b, 20)
+        time.sleep(0.5)
+        assert a.active == 2, a.active  # both of a's connections idle, open
+        t0 = time.monotonic()
+        inject(k, 10, "b.prov.test", conns=2)
+        wait_both(a, b, 30, timeout=10)
+        assert time.monotonic() - t0 < 5
+        assert a.max_active <= 2, a.max_active
+    finally:
+        a.close()
+        b.close()
