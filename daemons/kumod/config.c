@@ -590,6 +590,25 @@ static int one_pool(struct ctx *x, const struct kumo_toml_value *t, struct kumod
 	return 0;
 }
 
+/* [egress] campaign_pools / tenant_pools / domain_pools: tables "name" = "pool". */
+static int pool_rules(struct ctx *x, struct kumod_config *c, const struct kumo_toml_value *t,
+		      const char *key, enum kumo_pool_match match)
+{
+	char full[48];
+	snprintf(full, sizeof(full), "egress.%s", key);
+	const struct kumo_toml_value *tp = kumo_toml_get(t, key);
+	for (size_t i = 0; tp && i < kumo_toml_count(tp); i++) {
+		const char *pool = kumo_toml_string(kumo_toml_at(tp, i), NULL);
+		if (!pool)
+			return fail(x, kumo_toml_at(tp, i), full, "expected \"name\" = \"pool\"%s", "");
+		if (c->npool_rules == sizeof(c->pool_rules) / sizeof(c->pool_rules[0]))
+			return fail(x, kumo_toml_at(tp, i), full, "more than 256 pool rules%s", "");
+		c->pool_rules[c->npool_rules++] = (struct kumod_pool_rule){
+			.match = match, .name = kumo_toml_key_at(tp, i), .pool = pool};
+	}
+	return 0;
+}
+
 static int egress_sections(struct ctx *x, const struct kumo_toml_value *root,
 			   struct kumod_config *c)
 {
@@ -607,7 +626,8 @@ static int egress_sections(struct ctx *x, const struct kumo_toml_value *root,
 		c->npools = i + 1;
 	}
 	const struct kumo_toml_value *t = kumo_toml_get(root, "egress");
-	static const char *const keys[] = {"default_pool", "tenant_pools", NULL};
+	static const char *const keys[] = {"default_pool", "tenant_pools", "campaign_pools",
+					   "domain_pools", NULL};
 	if (!t)
 		return 0;
 	if ((err = only_keys(x, t, "egress.", keys)))
@@ -615,27 +635,19 @@ static int egress_sections(struct ctx *x, const struct kumo_toml_value *root,
 	const char *def = NULL;
 	if ((err = get_string(x, t, "default_pool", "egress.default_pool", &def)))
 		return err;
-	if (def) {
-		c->tenant_pools[0][0] = "";
-		c->tenant_pools[0][1] = def;
-		c->ntenant_pools = 1;
-	}
-	const struct kumo_toml_value *tp = kumo_toml_get(t, "tenant_pools");
-	for (size_t i = 0; tp && i < kumo_toml_count(tp) && c->ntenant_pools < 256; i++) {
-		const char *pool = kumo_toml_string(kumo_toml_at(tp, i), NULL);
-		if (!pool)
-			return fail(x, kumo_toml_at(tp, i), "egress.tenant_pools",
-				    "expected \"tenant\" = \"pool\"%s", "");
-		c->tenant_pools[c->ntenant_pools][0] = kumo_toml_key_at(tp, i);
-		c->tenant_pools[c->ntenant_pools++][1] = pool;
-	}
-	for (size_t i = 0; i < c->ntenant_pools; i++) {
+	if (def)
+		c->pool_rules[c->npool_rules++] = (struct kumod_pool_rule){.pool = def};
+	if ((err = pool_rules(x, c, t, "campaign_pools", KUMO_POOL_CAMPAIGN)) ||
+	    (err = pool_rules(x, c, t, "tenant_pools", KUMO_POOL_TENANT)) ||
+	    (err = pool_rules(x, c, t, "domain_pools", KUMO_POOL_DOMAIN)))
+		return err;
+	for (size_t i = 0; i < c->npool_rules; i++) {
 		bool known = false;
 		for (size_t k = 0; k < c->npools; k++)
-			known |= strcmp(c->pools[k].name, c->tenant_pools[i][1]) == 0;
+			known |= strcmp(c->pools[k].name, c->pool_rules[i].pool) == 0;
 		if (!known)
 			return fail(x, t, "egress", "no [[egress_pool]] named \"%s\"",
-				    c->tenant_pools[i][1]);
+				    c->pool_rules[i].pool);
 	}
 	return 0;
 }

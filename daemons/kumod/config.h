@@ -31,8 +31,12 @@ struct kumod_config {
 		size_t n;
 	} pools[64];
 	size_t npools;
-	const char *tenant_pools[256][2]; /* tenant ("" = default), pool */
-	size_t ntenant_pools;
+	struct kumod_pool_rule {
+		enum kumo_pool_match match;
+		const char *name;     /* campaign, tenant or domain; NULL: the default pool */
+		const char *pool;
+	} pool_rules[256];
+	size_t npool_rules;
 	const char *tsa_url;          /* [tsa] url */
 	uint32_t tsa_poll_ms;
 	struct kumo_toml_doc *doc; /* owns every string above */

@@ -66,10 +66,9 @@ static int add_egress(struct kumo_engine *e, const struct kumod_config *c)
 		err = kumo_engine_add_source(e, &c->sources[i]);
 	for (size_t i = 0; i < c->npools && !err; i++)
 		err = kumo_engine_add_pool(e, c->pools[i].name, c->pools[i].entries, c->pools[i].n);
-	for (size_t i = 0; i < c->ntenant_pools && !err; i++)
-		err = kumo_engine_set_tenant_pool(e, *c->tenant_pools[i][0] ? c->tenant_pools[i][0]
-									  : NULL,
-						  c->tenant_pools[i][1]);
+	for (size_t i = 0; i < c->npool_rules && !err; i++)
+		err = kumo_engine_set_queue_pool(e, c->pool_rules[i].match, c->pool_rules[i].name,
+						 c->pool_rules[i].pool);
 	if (err < 0)
 		fprintf(stderr, "kumod: egress sources and pools: %s\n", strerror(-err));
 	return err;

@@ -116,6 +116,13 @@ struct kumo_policy {
 					struct kumo_reply *reply);
 	/* End of data, before the message is spooled: may set queue, tenant, campaign, meta. */
 	enum kumo_verdict (*on_data)(void *arg, struct kumo_txn *txn, struct kumo_reply *reply);
+	/* Chooses the egress pool of a scheduled queue ("campaign:tenant@domain"): a pool
+	 * name, or NULL to use the configured rules (kumo_engine_set_queue_pool). Called
+	 * once per queue and loop thread, when its first message becomes due; the answer is
+	 * kept. campaign and tenant are "" when the queue has none; the strings are valid
+	 * during the call only. An unknown pool name is logged and the rules apply. */
+	const char *(*egress_pool)(void *arg, const char *queue, const char *campaign,
+				   const char *tenant, const char *domain);
 };
 
 /* Transaction accessors for policy callbacks. Returned strings live as long as txn. */
@@ -162,7 +169,14 @@ struct kumo_pool_entry {
 int kumo_engine_add_source(struct kumo_engine *e, const struct kumo_source_cfg *cfg);
 int kumo_engine_add_pool(struct kumo_engine *e, const char *name,
 			 const struct kumo_pool_entry *entries, size_t n);
-/* tenant NULL sets the default pool. */
+/* Pool rules: messages of a queue whose campaign, tenant or domain (case-insensitive) is
+ * name go through pool. The policy's egress_pool callback comes first, then campaign
+ * rules, tenant rules, domain rules, and last the default pool. Returns -ENOENT for an
+ * unknown pool or after start(). */
+enum kumo_pool_match { KUMO_POOL_TENANT = 0, KUMO_POOL_CAMPAIGN, KUMO_POOL_DOMAIN };
+int kumo_engine_set_queue_pool(struct kumo_engine *e, enum kumo_pool_match match,
+			       const char *name, const char *pool);
+/* A tenant rule; tenant NULL sets the default pool. */
 int kumo_engine_set_tenant_pool(struct kumo_engine *e, const char *tenant, const char *pool);
 
 /* Runtime changes, from any thread; loops apply them within a second.

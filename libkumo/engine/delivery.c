@@ -336,21 +336,70 @@ static size_t queue_tenant(const char *qname, const char **tenant)
 	return at ? (size_t)(at - start) : 0;
 }
 
-/* The egress pool of a queue: its tenant's, else the default; -1 without pools. */
-static int queue_pool(const struct kumo_delivery *d, const struct kumo_queue *q)
+/* The pool of the first rule of kind match naming [name, name + len), or -1. */
+static int rule_pool(const struct kumo_engine *e, int match, const char *name, size_t len)
+{
+	for (size_t i = 0; len && i < e->ntenant_pools; i++) {
+		const struct kumo_tenant_pool *r = &e->tenant_pools[i];
+		if (!r->tenant || r->match != match || strlen(r->tenant) != len)
+			continue;
+		if (match == KUMO_POOL_DOMAIN ? strncasecmp(r->tenant, name, len) == 0
+					      : strncmp(r->tenant, name, len) == 0)
+			return (int)r->pool;
+	}
+	return -1;
+}
+
+/* The pool the embedder's egress_pool callback names for the queue, or -1. */
+static int policy_pool(const struct kumo_delivery *d, const struct kumo_queue *q,
+		       const char *c, size_t cl, const char *t, size_t tl)
 {
 	const struct kumo_engine *e = d->l->e;
-	const char *t;
+	if (!e->policy.egress_pool)
+		return -1;
+	char campaign[256], tenant[256];
+	snprintf(campaign, sizeof(campaign), "%.*s", (int)cl, c);
+	snprintf(tenant, sizeof(tenant), "%.*s", (int)tl, t);
+	const char *name = e->policy.egress_pool(e->policy_arg, q->name, campaign, tenant,
+						 q->domain);
+	if (!name)
+		return -1;
+	for (size_t i = 0; i < e->npools; i++)
+		if (strcmp(e->pools[i].name, name) == 0)
+			return (int)i;
+	kumo_elog(e, KUMO_LOG_WARN, "policy chose egress pool '%s' for queue %s: no such pool; "
+				    "the configured rules apply", name, q->name);
+	return -1;
+}
+
+/* The egress pool of a queue: the policy's choice, else the rule for its campaign,
+ * tenant or domain, else the default pool (the first pool when none is set); -1 without
+ * pools. */
+static int choose_pool(const struct kumo_delivery *d, const struct kumo_queue *q)
+{
+	const struct kumo_engine *e = d->l->e;
+	const char *t, *colon = strchr(q->name, ':'), *at = strrchr(q->name, '@');
 	size_t tl = queue_tenant(q->name, &t);
-	int def = -1;
-	for (size_t i = 0; i < e->ntenant_pools; i++) {
-		const char *name = e->tenant_pools[i].tenant;
-		if (!name)
-			def = (int)e->tenant_pools[i].pool;
-		else if (tl && strlen(name) == tl && strncmp(name, t, tl) == 0)
+	size_t cl = colon && (!at || colon < at) ? (size_t)(colon - q->name) : 0;
+	int p;
+	if ((p = policy_pool(d, q, q->name, cl, t, tl)) >= 0 ||
+	    (p = rule_pool(e, KUMO_POOL_CAMPAIGN, q->name, cl)) >= 0 ||
+	    (p = rule_pool(e, KUMO_POOL_TENANT, t, tl)) >= 0 ||
+	    (p = rule_pool(e, KUMO_POOL_DOMAIN, q->domain, strlen(q->domain))) >= 0)
+		return p;
+	for (size_t i = 0; i < e->ntenant_pools; i++)
+		if (!e->tenant_pools[i].tenant)
 			return (int)e->tenant_pools[i].pool;
+	return e->npools ? 0 : -1;
+}
+
+static int queue_pool(const struct kumo_delivery *d, struct kumo_queue *q)
+{
+	if (!q->pool_known) {
+		q->pool = choose_pool(d, q);
+		q->pool_known = true;
 	}
-	return def >= 0 ? def : e->npools ? 0 : -1;
+	return q->pool;
 }
 
 static bool source_unhealthy(const struct kumo_delivery *d, uint32_t src)
@@ -400,7 +449,7 @@ static int copy_hosts(const struct kumo_site *from, struct kumo_site_host **out)
 
 /* The ready queue for messages of queue q going to base site b: "source->site" when the
  * queue has an egress pool, else b itself. KUMO_NONE on ENOMEM. */
-static uint32_t ready_site(struct kumo_delivery *d, uint32_t b, const struct kumo_queue *q)
+static uint32_t ready_site(struct kumo_delivery *d, uint32_t b, struct kumo_queue *q)
 {
 	struct kumo_queues *qs = &d->l->queues;
 	int pool = queue_pool(d, q);
@@ -493,7 +542,7 @@ static void log_outcome(struct kumo_delivery *d, uint32_t m, const struct kumo_e
 {
 	struct kumo_loop *l = d->l;
 	const struct kumo_qmsg *msg = &l->queues.msgs[m];
-	const struct kumo_queue *q = &l->queues.queues[msg->queue];
+	struct kumo_queue *q = &l->queues.queues[msg->queue];
 	const char *site = q->site != KUMO_NONE ? l->queues.sites[q->site].name : "";
 	const char *source = NULL, *pool_name = NULL;
 	if (oc) {

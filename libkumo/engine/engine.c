@@ -434,7 +434,15 @@ int kumo_engine_add_pool(struct kumo_engine *e, const char *name,
 
 int kumo_engine_set_tenant_pool(struct kumo_engine *e, const char *tenant, const char *pool)
 {
+	return kumo_engine_set_queue_pool(e, KUMO_POOL_TENANT, tenant, pool);
+}
+
+int kumo_engine_set_queue_pool(struct kumo_engine *e, enum kumo_pool_match match,
+			       const char *tenant, const char *pool)
+{
 	int pi = pool ? find_pool(e, pool) : -1;
+	if (match > KUMO_POOL_DOMAIN)
+		return -EINVAL;
 	if (e->started || pi < 0)
 		return -ENOENT;
 	struct kumo_tenant_pool *a =
@@ -445,6 +453,7 @@ int kumo_engine_set_tenant_pool(struct kumo_engine *e, const char *tenant, const
 	a[e->ntenant_pools].tenant = tenant ? strdup(tenant) : NULL;
 	if (tenant && !a[e->ntenant_pools].tenant)
 		return -ENOMEM;
+	a[e->ntenant_pools].match = (int)match;
 	a[e->ntenant_pools++].pool = (uint32_t)pi;
 	return 0;
 }

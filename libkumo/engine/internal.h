@@ -230,7 +230,8 @@ struct kumo_pool {
 };
 
 struct kumo_tenant_pool {
-	char *tenant;           /* NULL: the default pool */
+	char *tenant;           /* the campaign, tenant or domain; NULL: the default pool */
+	int match;              /* enum kumo_pool_match */
 	uint32_t pool;
 };
 

@@ -80,6 +80,8 @@ struct kumo_queue {
 	char *name;
 	const char *domain;     /* points into name */
 	uint32_t site;          /* KUMO_NONE until resolved */
+	int32_t pool;           /* its egress pool, -1: none; valid once pool_known */
+	bool pool_known;
 	uint64_t site_expires_ms;
 	uint32_t parked_head, parked_tail;
 	bool resolving;

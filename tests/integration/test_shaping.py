@@ -152,6 +152,49 @@ def test_pool_sends_from_both_sources(kumod, tmp_path):
         assert r["source_address"] == {"ip-2": "127.0.0.2", "ip-3": "127.0.0.3"}[r["egress_source"]]
 
 
+def test_pool_chosen_by_campaign_tenant_or_domain(kumod):
+    """Campaign rules beat tenant rules, which beat domain rules, which beat the default
+    pool; each pool here has one source, seen by the sink as the connection's address."""
+    import smtplib
+    sink = CountingSink()
+    sources = "".join('[[egress_source]]\nname = "s%d"\nsource_address = "127.0.0.%d"\n'
+                      '[[egress_pool]]\nname = "p%d"\nentries = [{name = "s%d"}]\n'
+                      % (i, i, i, i) for i in (2, 3, 4, 5))
+    k = kumod(extra='[routing]\nsmart_host = "127.0.0.1:%d"\n' % sink.port + sources +
+              '[egress]\ndefault_pool = "p2"\ndomain_pools = {"dom.test" = "p3"}\n'
+              'tenant_pools = {"ten" = "p4"}\ncampaign_pools = {"camp" = "p5"}\n')
+    cases = [("a@other.test", {}, "p2"), ("b@DOM.test", {}, "p3"),
+             ("c@dom.test", {"X-Kumo-Tenant": "ten"}, "p4"),
+             ("d@dom.test", {"X-Kumo-Tenant": "ten", "X-Kumo-Campaign": "camp"}, "p5"),
+             ("e@other.test", {"X-Kumo-Campaign": "other"}, "p2")]
+    with smtplib.SMTP("127.0.0.1", k.port, timeout=10) as c:
+        for rcpt, headers, _ in cases:
+            hdr = "".join("%s: %s\r\n" % kv for kv in headers.items())
+            c.sendmail("me@example.com", [rcpt], hdr + "Subject: t\r\n\r\nbody\r\n")
+    t_end = time.monotonic() + 20
+    while time.monotonic() < t_end and len(sink.arrivals) < len(cases):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    sink.close()
+    recs = {r["recipient"]: r for r in k.records() if r["type"] == "Delivery"}
+    assert len(recs) == len(cases), recs
+    for rcpt, _, pool in cases:
+        r = recs[rcpt]
+        assert r["egress_pool"] == pool, (rcpt, r["egress_pool"], pool)
+        assert r["source_address"] == "127.0.0.%s" % pool[1:], (rcpt, r["source_address"])
+    assert sorted(sink.peers) == ["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.4",
+                                  "127.0.0.5"]
+
+
+def test_pool_rule_naming_an_unknown_pool_is_refused(tmp_path):
+    cfg = tmp_path / "k.toml"
+    cfg.write_text('[[egress_source]]\nname = "s"\n[[egress_pool]]\nname = "p"\n'
+                   'entries = [{name = "s"}]\n[egress]\ndomain_pools = {"d.test" = "nope"}\n')
+    r = subprocess.run([KUMOD, "--check-config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "%s:" % cfg in r.stderr and 'no [[egress_pool]] named "nope"' in r.stderr, r.stderr
+
+
 def test_two_nodes_share_one_rate_through_redis(kumod, tmp_path):
     import shutil
     redis = shutil.which("redis-server")
