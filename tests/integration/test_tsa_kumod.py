@@ -159,20 +159,29 @@ def test_tsa_bounce_fails_waiting_and_new_messages(kumod, tmp_path):
     bad = Sink(defer=True, reply=b"451 4.7.1 [BNC01] mailbox host overloaded\r\n")
     good, back = Sink(), Sink()
     try:
-        # retries an hour away: whatever is bounced promptly was waiting in the queue
+        # retries an hour away and one message an hour to bnc.test: whatever is bounced
+        # promptly was waiting, for its retry (timer wheel) or for the rate (ready queue)
+        shaping = tmp_path / "kumod-shaping.toml"
+        shaping.write_text('["bnc.test"]\nmax_message_rate = "1/h"\n')
         k = kumod(extra='[delivery]\nretry_interval = "1h"\n'
+                        '[shaping]\nfiles = ["%s"]\n'
                         '[routing.domains]\n"bnc.test" = "127.0.0.1:%d"\n'
                         '"other.test" = "127.0.0.1:%d"\n"back.test" = "127.0.0.1:%d"\n'
                         '[tsa]\nurl = "http://127.0.0.1:%d"\npoll_interval = "1s"\n'
-                  % (bad.port, good.port, back.port, tsa.port))
-        for i in range(3):
+                  % (shaping, bad.port, good.port, back.port, tsa.port),
+                  threads=1)  # one loop: the rate is not split between loops
+
+        def waiting(i):
             s = smtplib.SMTP("127.0.0.1", k.port, timeout=10)
             s.sendmail("a@back.test", ["w%d@bnc.test" % i],
                        b"Subject: waiting %d\r\n\r\nbody\r\n" % i,
                        rcpt_options=["NOTIFY=FAILURE"])
             s.quit()
-        # each was tried once, deferred by [BNC01], and now waits an hour for its retry
-        assert wait_for(lambda: len(bad.rcpts) >= 3, 15), bad.rcpts
+        waiting(0)
+        # tried once, deferred by [BNC01]: it waits an hour for its retry
+        assert wait_for(lambda: len(bad.rcpts) >= 1, 15), bad.rcpts
+        waiting(1)
+        waiting(2)
         rule = wait_for(lambda: bounced_json(tsa), 15)
         assert rule and rule[0]["domain"] == "bnc.test", rule
         # kumod polls the bounce within a second or two and fails the waiting messages
@@ -187,6 +196,8 @@ def test_tsa_bounce_fails_waiting_and_new_messages(kumod, tmp_path):
             assert r["response"]["content"].startswith("bounced by rule: automation rule ")
             assert "[BNC01]" in r["response"]["content"]
             assert r["queue"] == "bnc.test"
+        # the two behind the rate limit were never offered to the domain
+        assert len(bad.rcpts) == 1
         # a message that comes later is failed at once, never offered to the domain
         tried = len(bad.rcpts)
         s = smtplib.SMTP("127.0.0.1", k.port, timeout=10)
