@@ -1,10 +1,12 @@
 /* kumod's tsa-daemon client: a thread that posts batched log records (JSON lines) to
- * POST /publish_log_v1 and polls GET /get_config_v1/shaping.toml and
- * GET /get_suspension_v1/suspended.json, applying what changed to the engine. */
+ * POST /publish_log_v1 and polls GET /get_config_v1/shaping.toml,
+ * GET /get_suspension_v1/suspended.json and GET /get_bounce_v1/bounced.json, applying
+ * what changed to the engine. */
 #include "tsa.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -29,6 +31,7 @@ struct kumod_tsa {
 	uint64_t dropped;
 	char *overlay;             /* the last overlay applied */
 	char *suspensions;         /* the last suspended.json applied */
+	char *bounces;             /* the last bounced.json applied */
 };
 
 void kumod_tsa_record(void *arg, const char *json, size_t len)
@@ -130,6 +133,14 @@ static size_t stash(char *storage, size_t cap, size_t *used, const char *s, size
 	return at;
 }
 
+/* The "expires" of an entry in Unix ms when it is later than now_ms, else 0. */
+static uint64_t active_until(const struct kumo_json_value *v, uint64_t now_ms)
+{
+	const char *exp = kumo_json_string(kumo_json_get(v, "expires"), NULL);
+	uint64_t until = exp ? rfc3339_ms(exp) : 0;
+	return until > now_ms ? until : 0;
+}
+
 long kumod_tsa_parse_suspensions(const char *json, size_t len, uint64_t now_ms,
 				 struct kumo_suspension *out, size_t cap, char *storage,
 				 size_t cap_storage)
@@ -144,9 +155,8 @@ long kumod_tsa_parse_suspensions(const char *json, size_t len, uint64_t now_ms,
 		const struct kumo_json_value *a = kumo_json_get(root, lists[l]);
 		for (size_t i = 0; i < kumo_json_count(a) && n < cap; i++) {
 			const struct kumo_json_value *v = kumo_json_at(a, i);
-			const char *exp = kumo_json_string(kumo_json_get(v, "expires"), NULL);
-			uint64_t until = exp ? rfc3339_ms(exp) : 0;
-			if (until <= now_ms)
+			uint64_t until = active_until(v, now_ms);
+			if (!until)
 				continue;
 			size_t sl;
 			const char *name = NULL;
@@ -176,6 +186,46 @@ long kumod_tsa_parse_suspensions(const char *json, size_t len, uint64_t now_ms,
 	return (long)n;
 }
 
+/* A string member of v copied to storage; NULL when absent, null or "", or when storage
+ * is full (then *full is set). */
+static const char *stash_member(const struct kumo_json_value *v, const char *key,
+				char *storage, size_t cap, size_t *used, bool *full)
+{
+	size_t n;
+	const char *s = kumo_json_string(kumo_json_get(v, key), &n);
+	if (!s || !n)
+		return NULL;
+	size_t at = stash(storage, cap, used, s, n);
+	*full |= at == (size_t)-1;
+	return at == (size_t)-1 ? NULL : storage + at;
+}
+
+long kumod_tsa_parse_bounces(const char *json, size_t len, uint64_t now_ms,
+			     struct kumo_bounce *out, size_t cap, char *storage,
+			     size_t cap_storage)
+{
+	struct kumo_json_doc *doc;
+	size_t end, used = 0, n = 0;
+	if (kumo_json_parse(json, len, &end, &doc, NULL) < 0)
+		return -EINVAL;
+	const struct kumo_json_value *a = kumo_json_doc_root(doc);
+	for (size_t i = 0; i < kumo_json_count(a) && n < cap; i++) {
+		const struct kumo_json_value *v = kumo_json_at(a, i);
+		bool full = false;
+		struct kumo_bounce b = {
+			.expires_ms = active_until(v, now_ms),
+			.domain = stash_member(v, "domain", storage, cap_storage, &used, &full),
+			.tenant = stash_member(v, "tenant", storage, cap_storage, &used, &full),
+			.campaign = stash_member(v, "campaign", storage, cap_storage, &used, &full),
+			.reason = stash_member(v, "reason", storage, cap_storage, &used, &full)};
+		/* an entry naming no queue would bounce them all: never from tsa-daemon */
+		if (b.expires_ms && !full && (b.domain || b.tenant || b.campaign))
+			out[n++] = b;
+	}
+	kumo_json_doc_free(doc);
+	return (long)n;
+}
+
 static uint64_t now_ms(void)
 {
 	struct timespec ts;
@@ -193,28 +243,67 @@ static bool changed(char **last, const struct kumo_buf *b)
 	return true;
 }
 
+/* GETs path into b; true when it answered with something else than *last (kept). */
+static bool fetch_changed(struct kumod_tsa *t, const char *path, char **last,
+			  struct kumo_buf *b)
+{
+	b->len = 0;
+	return http(t, "GET", path, NULL, 0, b) == 0 && changed(last, b);
+}
+
+#define TSA_MAX_ENTRIES 1024
+#define TSA_STORAGE (1u << 20)
+
+/* Parses suspended.json (bounces false) or bounced.json and gives the result to the
+ * engine. 0, or -errno when it could not be applied. */
+static int apply_list(struct kumod_tsa *t, const struct kumo_buf *b, bool bounces)
+{
+	union {
+		struct kumo_suspension s[TSA_MAX_ENTRIES];
+		struct kumo_bounce b[TSA_MAX_ENTRIES];
+	} *v = malloc(sizeof(*v) + TSA_STORAGE);
+	if (!v)
+		return -ENOMEM;
+	char *storage = (char *)(v + 1);
+	long n = bounces ? kumod_tsa_parse_bounces(b->data, b->len, now_ms(), v->b,
+						   TSA_MAX_ENTRIES, storage, TSA_STORAGE)
+			 : kumod_tsa_parse_suspensions(b->data, b->len, now_ms(), v->s,
+						       TSA_MAX_ENTRIES, storage, TSA_STORAGE);
+	int rc = n < 0	   ? (int)n
+		 : bounces ? kumo_engine_set_bounces(t->e, v->b, (size_t)n)
+			   : kumo_engine_set_suspensions(t->e, v->s, (size_t)n);
+	free(v);
+	return rc;
+}
+
 static void poll_tsa(struct kumod_tsa *t)
 {
 	struct kumo_buf b = {0};
 	char err[512];
-	if (http(t, "GET", "/get_config_v1/shaping.toml", NULL, 0, &b) == 0 &&
-	    changed(&t->overlay, &b)) {
+	if (fetch_changed(t, "/get_config_v1/shaping.toml", &t->overlay, &b)) {
 		int rc = kumo_engine_set_shaping_overlay(t->e, b.data ? b.data : "", b.len, err,
 							 sizeof(err));
 		if (rc < 0)
 			fprintf(stderr, "kumod: tsa-daemon shaping overlay refused: %s\n", err);
 	}
-	b.len = 0;
-	if (http(t, "GET", "/get_suspension_v1/suspended.json", NULL, 0, &b) == 0 &&
-	    changed(&t->suspensions, &b)) {
-		struct kumo_suspension s[1024];
-		char *storage = malloc(1 << 20);
-		long n = storage ? kumod_tsa_parse_suspensions(b.data, b.len, now_ms(), s, 1024,
-							       storage, 1 << 20)
-				 : -ENOMEM;
-		if (n >= 0)
-			kumo_engine_set_suspensions(t->e, s, (size_t)n);
-		free(storage);
+	static const struct {
+		const char *path;
+		size_t last; /* offset of the text last applied in struct kumod_tsa */
+		bool bounces;
+	} lists[] = {
+		{"/get_suspension_v1/suspended.json", offsetof(struct kumod_tsa, suspensions), false},
+		{"/get_bounce_v1/bounced.json", offsetof(struct kumod_tsa, bounces), true},
+	};
+	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+		char **last = (char **)((char *)t + lists[i].last);
+		int rc = fetch_changed(t, lists[i].path, last, &b) ? apply_list(t, &b, lists[i].bounces)
+								   : 0;
+		if (rc < 0) {
+			fprintf(stderr, "kumod: tsa-daemon %s not applied: %s\n", lists[i].path,
+				strerror(-rc));
+			free(*last); /* tried again at the next poll */
+			*last = NULL;
+		}
 	}
 	kumo_buf_free(&b);
 }
@@ -292,6 +381,7 @@ void kumod_tsa_stop(struct kumod_tsa *t)
 	kumo_buf_free(&t->pending);
 	free(t->overlay);
 	free(t->suspensions);
+	free(t->bounces);
 	pthread_mutex_destroy(&t->lock);
 	pthread_cond_destroy(&t->cond);
 	free(t);

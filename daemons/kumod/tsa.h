@@ -1,5 +1,5 @@
 /* kumod's link to tsa-daemon: publishes log records to it (batched, bounded memory, never
- * blocking a loop) and applies the shaping overrides and suspensions it serves. */
+ * blocking a loop) and applies the shaping overrides, suspensions and bounces it serves. */
 #ifndef KUMOD_TSA_H
 #define KUMOD_TSA_H
 
@@ -32,5 +32,13 @@ void kumod_tsa_stop(struct kumod_tsa *t);
 long kumod_tsa_parse_suspensions(const char *json, size_t len, uint64_t now_ms,
 				 struct kumo_suspension *out, size_t cap, char *storage,
 				 size_t cap_storage);
+
+/* Parses tsa-daemon's bounced.json ([{domain, tenant, campaign, reason, expires}]) into
+ * the engine's bounces: entries that expired by now_ms, that name no domain, tenant or
+ * campaign, or that do not fit in storage are left out. Returns the count stored in out
+ * (at most cap), or -EINVAL. Strings point into storage (cap_storage bytes). */
+long kumod_tsa_parse_bounces(const char *json, size_t len, uint64_t now_ms,
+			     struct kumo_bounce *out, size_t cap, char *storage,
+			     size_t cap_storage);
 
 #endif

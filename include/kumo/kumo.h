@@ -204,6 +204,29 @@ struct kumo_suspension {
 int kumo_engine_set_suspensions(struct kumo_engine *e, const struct kumo_suspension *s,
 				size_t n);
 
+/* Bounces fail messages permanently (tsa-daemon's Bounce, BounceTenant and BounceCampaign,
+ * KumoMTA's administrative bounces). A bounce matches a scheduled queue
+ * "campaign:tenant@domain" when every part it names equals the queue's (case-insensitive;
+ * NULL matches anything, a named part does not match a queue without that part). While
+ * it is active (now < expires_ms) every message of a matching queue is failed when it
+ * would next be attempted, and the loops also fail, within about a second of the change,
+ * the messages already queued there: scheduled for a later retry, waiting for DNS or in a
+ * ready queue (a transaction already running finishes first). Each pending recipient
+ * gets an "AdminBounce" log record with the response
+ * "550 5.7.1 bounced by rule: <reason>", the sender gets a DSN as for other permanent
+ * failures (when the recipient's NOTIFY asks for it), and the message leaves the spool.
+ * Messages of other queues are not touched. The set given replaces the previous one
+ * (n 0 clears it); strings are copied. An entry naming none of domain, tenant and
+ * campaign would bounce everything and is refused: -EINVAL, nothing changes. */
+struct kumo_bounce {
+	const char *domain;          /* NULL: any domain */
+	const char *tenant;          /* NULL: any tenant */
+	const char *campaign;        /* NULL: any campaign */
+	const char *reason;          /* NULL: "" */
+	uint64_t expires_ms;         /* Unix time in ms */
+};
+int kumo_engine_set_bounces(struct kumo_engine *e, const struct kumo_bounce *b, size_t n);
+
 /* Engine life cycle. new() opens the spool and recovers it (blocking; logs count and
  * rate). start() spawns the loop threads; stop() asks them to finish gracefully and may be
  * called from any thread or a signal-safe context (it only writes to an eventfd); wait()

@@ -107,6 +107,8 @@ struct kumo_delivery {
 	uint64_t dsn_seq;
 	bool stopping;
 	bool started;            /* start() ran: routes exist, due messages may move */
+	uint64_t swept_gen;      /* the conf generation whose new bounces were swept */
+	uint32_t bouncing;       /* messages taken from their lists by a sweep, to fail */
 	/* settings with defaults applied */
 	uint64_t retry_ms, max_retry_ms, max_age_ms;
 	unsigned conn_limit, max_deliveries, max_batch;
@@ -327,15 +329,6 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 	gcra_setup(&p.max_connection_rate, nloops, &s->conn_T, &s->conn_tau);
 }
 
-/* The tenant part of a queue name "campaign:tenant@domain", or "" when there is none. */
-static size_t queue_tenant(const char *qname, const char **tenant)
-{
-	const char *at = strrchr(qname, '@'), *colon = strchr(qname, ':');
-	const char *start = colon && (!at || colon < at) ? colon + 1 : qname;
-	*tenant = start;
-	return at ? (size_t)(at - start) : 0;
-}
-
 /* The pool of the first rule of kind match naming [name, name + len), or -1. */
 static int rule_pool(const struct kumo_engine *e, int match, const char *name, size_t len)
 {
@@ -352,16 +345,17 @@ static int rule_pool(const struct kumo_engine *e, int match, const char *name, s
 
 /* The pool the embedder's egress_pool callback names for the queue, or -1. */
 static int policy_pool(const struct kumo_delivery *d, const struct kumo_queue *q,
-		       const char *c, size_t cl, const char *t, size_t tl)
+		       const struct kumo_queue_parts *qp)
 {
 	const struct kumo_engine *e = d->l->e;
 	if (!e->policy.egress_pool)
 		return -1;
-	char campaign[256], tenant[256];
-	snprintf(campaign, sizeof(campaign), "%.*s", (int)cl, c);
-	snprintf(tenant, sizeof(tenant), "%.*s", (int)tl, t);
+	char campaign[256], tenant[256], domain[256];
+	snprintf(campaign, sizeof(campaign), "%.*s", (int)qp->campaign_len, qp->campaign);
+	snprintf(tenant, sizeof(tenant), "%.*s", (int)qp->tenant_len, qp->tenant);
+	snprintf(domain, sizeof(domain), "%.*s", (int)qp->domain_len, qp->domain);
 	const char *name = e->policy.egress_pool(e->policy_arg, q->name, campaign, tenant,
-						 q->domain);
+						 domain);
 	if (!name)
 		return -1;
 	for (size_t i = 0; i < e->npools; i++)
@@ -378,14 +372,13 @@ static int policy_pool(const struct kumo_delivery *d, const struct kumo_queue *q
 static int choose_pool(const struct kumo_delivery *d, const struct kumo_queue *q)
 {
 	const struct kumo_engine *e = d->l->e;
-	const char *t, *colon = strchr(q->name, ':'), *at = strrchr(q->name, '@');
-	size_t tl = queue_tenant(q->name, &t);
-	size_t cl = colon && (!at || colon < at) ? (size_t)(colon - q->name) : 0;
+	struct kumo_queue_parts qp;
+	kumo_queue_parts(q->name, &qp);
 	int p;
-	if ((p = policy_pool(d, q, q->name, cl, t, tl)) >= 0 ||
-	    (p = rule_pool(e, KUMO_POOL_CAMPAIGN, q->name, cl)) >= 0 ||
-	    (p = rule_pool(e, KUMO_POOL_TENANT, t, tl)) >= 0 ||
-	    (p = rule_pool(e, KUMO_POOL_DOMAIN, q->domain, strlen(q->domain))) >= 0)
+	if ((p = policy_pool(d, q, &qp)) >= 0 ||
+	    (p = rule_pool(e, KUMO_POOL_CAMPAIGN, qp.campaign, qp.campaign_len)) >= 0 ||
+	    (p = rule_pool(e, KUMO_POOL_TENANT, qp.tenant, qp.tenant_len)) >= 0 ||
+	    (p = rule_pool(e, KUMO_POOL_DOMAIN, qp.domain, qp.domain_len)) >= 0)
 		return p;
 	for (size_t i = 0; i < e->ntenant_pools; i++)
 		if (!e->tenant_pools[i].tenant)
@@ -525,15 +518,20 @@ static uint32_t fixed_route(struct kumo_delivery *d, const struct kumo_queue *q)
 /* ---- logging and outcomes -------------------------------------------------------- */
 
 struct outcome {
+	const char *type;       /* the log record type; NULL: from the code */
 	int code;
 	const char *enhanced;
 	const char *text;
 	const char *command;
 };
 
-static const char *record_type(int code)
+static const char *record_type(const struct outcome *o)
 {
-	return code >= 200 && code < 300 ? "Delivery" : code >= 500 ? "Bounce" : "TransientFailure";
+	int code = o->code;
+	return o->type                      ? o->type
+	       : code >= 200 && code < 300 ? "Delivery"
+	       : code >= 500               ? "Bounce"
+					   : "TransientFailure";
 }
 
 static void log_outcome(struct kumo_delivery *d, uint32_t m, const struct kumo_envelope *env,
@@ -652,24 +650,61 @@ static size_t pending_count(const struct kumo_envelope *env, size_t **idx)
 	return n;
 }
 
+/* Applies o, an outcome without a session, to every pending recipient: each gets its log
+ * record; a permanent failure (5xx) also ends them, and those whose NOTIFY asks for it
+ * are reported to the sender in one DSN with the given status. */
+static void apply_pending(struct kumo_delivery *d, uint32_t m, struct kumo_envelope *env,
+			  const struct outcome *o, const char *status, const uint8_t *data,
+			  size_t data_len)
+{
+	size_t *idx;
+	size_t n = pending_count(env, &idx), k = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct kumo_env_rcpt *r = &env->rcpts[idx[i]];
+		log_outcome(d, m, env, r->addr, record_type(o), o, NULL, data_len);
+		if (o->code >= 500) {
+			r->state = KUMO_RCPT_DONE;
+			if (kumo_dsn_should_notify(r->notify, KUMO_DSN_ACTION_FAILED))
+				idx[k++] = idx[i];
+		}
+	}
+	if (o->code >= 500)
+		send_dsn(d, env, idx, k, o, status, NULL, data, data_len);
+	free(idx);
+}
+
 /* Expiration: every pending recipient gets a record and a DSN; the message goes. */
 static void expire_now(struct kumo_delivery *d, uint32_t m, struct kumo_envelope *env,
 		       const uint8_t *data, size_t data_len)
 {
-	size_t *idx;
-	size_t n = pending_count(env, &idx);
-	struct outcome o = {.code = 551, .enhanced = "5.4.7",
+	struct outcome o = {.type = "Expiration", .code = 551, .enhanced = "5.4.7",
 			    .text = "Delivery time expired: message was queued too long"};
-	for (size_t i = 0; i < n; i++) {
-		log_outcome(d, m, env, env->rcpts[idx[i]].addr, "Expiration", &o, NULL, data_len);
-		env->rcpts[idx[i]].state = KUMO_RCPT_DONE;
+	apply_pending(d, m, env, &o, KUMO_DSN_STATUS_EXPIRED, data, data_len);
+}
+
+/* The active bounce of queue qi, or NULL. The match is computed once per snapshot. */
+static const struct kumo_bnc *queue_bounce(struct kumo_delivery *d, uint32_t qi)
+{
+	struct kumo_loop *l = d->l;
+	struct kumo_queue *q = &l->queues.queues[qi];
+	if (!l->conf || !l->conf->nbounces)
+		return NULL;
+	if (q->bounce_gen != l->conf->gen) {
+		struct kumo_queue_parts p;
+		kumo_queue_parts(q->name, &p);
+		q->bounce = kumo_conf_bounce(l->conf, &p);
+		q->bounce_gen = l->conf->gen;
 	}
-	size_t k = 0;
-	for (size_t i = 0; i < n; i++)
-		if (kumo_dsn_should_notify(env->rcpts[idx[i]].notify, KUMO_DSN_ACTION_FAILED))
-			idx[k++] = idx[i];
-	send_dsn(d, env, idx, k, &o, KUMO_DSN_STATUS_EXPIRED, NULL, data, data_len);
-	free(idx);
+	const struct kumo_bnc *b = q->bounce >= 0 ? &l->conf->bounces[q->bounce] : NULL;
+	return b && b->expires_ms > l->now_ms ? b : NULL;
+}
+
+/* The outcome of bounce b; text (cap bytes) holds its response. */
+static struct outcome bounce_outcome(const struct kumo_bnc *b, char *text, size_t cap)
+{
+	snprintf(text, cap, "bounced by rule: %s", b->reason ? b->reason : "");
+	return (struct outcome){.type = "AdminBounce", .code = 550, .enhanced = "5.7.1",
+				.text = text};
 }
 
 /* The end of an attempt: delete, expire, or persist the new state and reschedule. */
@@ -681,8 +716,14 @@ static void finish_message(struct kumo_delivery *d, uint32_t m, struct kumo_enve
 	size_t *idx;
 	size_t pending = pending_count(env, &idx);
 	free(idx);
+	const struct kumo_bnc *b;
 	if (pending && (expired(d, m) || d->max_age_ms == 0)) {
 		expire_now(d, m, env, data, data_len);
+		pending = 0;
+	} else if (pending && (b = queue_bounce(d, msg->queue))) {
+		char text[1024];
+		struct outcome o = bounce_outcome(b, text, sizeof(text));
+		apply_pending(d, m, env, &o, o.enhanced, data, data_len);
 		pending = 0;
 	}
 	if (!pending) {
@@ -735,20 +776,7 @@ static void fail_offline(struct kumo_delivery *d, uint32_t m, const struct outco
 		kumo_qmsg_release(&l->queues, m);
 		return;
 	}
-	size_t *idx;
-	size_t n = pending_count(&env, &idx), k = 0;
-	for (size_t i = 0; i < n; i++) {
-		struct kumo_env_rcpt *r = &env.rcpts[idx[i]];
-		log_outcome(d, m, &env, r->addr, record_type(o->code), o, NULL, data_len);
-		if (o->code >= 500) {
-			r->state = KUMO_RCPT_DONE;
-			if (kumo_dsn_should_notify(r->notify, KUMO_DSN_ACTION_FAILED))
-				idx[k++] = idx[i];
-		}
-	}
-	if (o->code >= 500)
-		send_dsn(d, &env, idx, k, o, o->enhanced, NULL, data, data_len);
-	free(idx);
+	apply_pending(d, m, &env, o, o->enhanced, data, data_len);
 	finish_message(d, m, &env, data, data_len, true);
 	kumo_envelope_release(&env);
 	free(buf);
@@ -776,7 +804,9 @@ int kumo_delivery_enqueue(struct kumo_loop *l, const struct kumo_put *p, uint64_
 		l->queues.msgs[m].state = KUMO_Q_SCHEDULED;
 		return 0;
 	}
-	if (due_ms <= l->now_ms && !d->stopping && d->started)
+	/* a message of a bounced queue goes at once, whatever its due time */
+	bool now = due_ms <= l->now_ms || queue_bounce(d, p->queue);
+	if (now && !d->stopping && d->started)
 		make_due(d, m);
 	else
 		kumo_wheel_insert(&l->queues, m);
@@ -865,23 +895,36 @@ static void mx_resolved(const struct kumo_mx_result *r, void *arg)
 static uint64_t queue_suspended(const struct kumo_delivery *d, const struct kumo_queue *q)
 {
 	const struct kumo_loop *l = d->l;
-	const char *t, *colon = strchr(q->name, ':');
-	size_t tl = queue_tenant(q->name, &t);
-	const char *at = strrchr(q->name, '@');
-	uint64_t u = kumo_conf_suspended(l->conf, KUMO_SUSPEND_DOMAIN, q->domain,
-					 strlen(q->domain), l->now_ms);
-	if (!u && tl)
-		u = kumo_conf_suspended(l->conf, KUMO_SUSPEND_TENANT, t, tl, l->now_ms);
-	if (!u && colon && (!at || colon < at))
-		u = kumo_conf_suspended(l->conf, KUMO_SUSPEND_CAMPAIGN, q->name,
-					(size_t)(colon - q->name), l->now_ms);
+	struct kumo_queue_parts p;
+	kumo_queue_parts(q->name, &p);
+	uint64_t u = kumo_conf_suspended(l->conf, KUMO_SUSPEND_DOMAIN, p.domain, p.domain_len,
+					 l->now_ms);
+	if (!u && p.tenant_len)
+		u = kumo_conf_suspended(l->conf, KUMO_SUSPEND_TENANT, p.tenant, p.tenant_len,
+					l->now_ms);
+	if (!u && p.campaign_len)
+		u = kumo_conf_suspended(l->conf, KUMO_SUSPEND_CAMPAIGN, p.campaign,
+					p.campaign_len, l->now_ms);
 	return u;
+}
+
+/* Fails message m of a bounced queue without trying it (see kumo_engine_set_bounces). */
+static void bounce_message(struct kumo_delivery *d, uint32_t m)
+{
+	char text[1024];
+	const struct kumo_bnc *b = queue_bounce(d, d->l->queues.msgs[m].queue);
+	struct outcome o = bounce_outcome(b, text, sizeof(text));
+	fail_offline(d, m, &o);
 }
 
 static void make_due(struct kumo_delivery *d, uint32_t m)
 {
 	struct kumo_loop *l = d->l;
 	struct kumo_qmsg *msg = &l->queues.msgs[m];
+	if (queue_bounce(d, msg->queue)) {
+		bounce_message(d, m);
+		return;
+	}
 	struct kumo_queue *q = &l->queues.queues[msg->queue];
 	uint64_t until = queue_suspended(d, q);
 	if (until) {
@@ -1585,7 +1628,7 @@ static void message_loaded(struct kumo_delivery *d, struct kumo_oconn *oc, int r
 	oc->env_valid = true;
 	oc->next_rcpt = 0;
 	oc->any_temp = false;
-	if (expired(d, m) || !send_batch(d, oc)) {
+	if (expired(d, m) || queue_bounce(d, msg->queue) || !send_batch(d, oc)) {
 		finish_message(d, m, &oc->env, oc->data, oc->data_len, false);
 		oc->msg = KUMO_NONE;
 		oc_take(d, oc);
@@ -1619,7 +1662,7 @@ static void txn_done(struct kumo_delivery *d, struct kumo_oconn *oc,
 		const struct kumo_smtp_client_reply *r = &res->rcpt[i];
 		struct kumo_env_rcpt *er = &env->rcpts[oc->batch[i]];
 		struct outcome o = reply_outcome(r);
-		log_outcome(d, oc->msg, env, er->addr, record_type(r->code), &o, oc,
+		log_outcome(d, oc->msg, env, er->addr, record_type(&o), &o, oc,
 			    oc->data_len);
 		if (r->code >= 200 && r->code < 300) {
 			er->state = KUMO_RCPT_DONE;
@@ -2041,6 +2084,129 @@ static void refresh_conf(struct kumo_delivery *d)
 	}
 }
 
+/* ---- bounces of messages already queued ------------------------------------------ */
+
+/* Moves the messages of bounced queues from the list at *head (linked through next; *tail
+ * kept when tail is not NULL) to the front of the list at *out; returns how many. */
+static uint64_t take_bounced(struct kumo_delivery *d, uint32_t *head, uint32_t *tail,
+			     uint32_t *out)
+{
+	struct kumo_queues *qs = &d->l->queues;
+	uint32_t keep = KUMO_NONE, keep_tail = KUMO_NONE, m = *head;
+	uint64_t n = 0;
+	while (m != KUMO_NONE) {
+		uint32_t next = qs->msgs[m].next;
+		if (queue_bounce(d, qs->msgs[m].queue)) {
+			qs->msgs[m].next = *out;
+			*out = m;
+			n++;
+		} else {
+			kumo_list_push(qs, &keep, &keep_tail, m);
+		}
+		m = next;
+	}
+	*head = keep;
+	if (tail)
+		*tail = keep_tail;
+	return n;
+}
+
+/* Whether site si takes messages of a queue routed to one of the n base sites. */
+static bool site_on(const struct kumo_queues *qs, uint32_t si, const uint32_t *bases, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (qs->sites[si].base == bases[i])
+			return true;
+	return false;
+}
+
+/* The queues whose bounce began since the last sweep: their parked messages go to *out,
+ * their base sites to bases (at most cap). Returns how many such queues hold messages. */
+static size_t bounce_onsets(struct kumo_delivery *d, uint32_t *out, uint32_t *bases,
+			    size_t cap, size_t *nbases)
+{
+	struct kumo_queues *qs = &d->l->queues;
+	size_t busy = 0;
+	for (uint32_t qi = 0; qi < qs->nqueues; qi++) {
+		const struct kumo_bnc *b = queue_bounce(d, qi);
+		struct kumo_queue *q = &qs->queues[qi];
+		bool onset = b && q->bounce_swept_until <= d->l->now_ms;
+		q->bounce_swept_until = b ? b->expires_ms : 0;
+		if (!onset || !q->count)
+			continue;
+		busy++;
+		take_bounced(d, &q->parked_head, &q->parked_tail, out);
+		uint32_t base = fixed_route(d, q);
+		base = base != KUMO_NONE ? base : q->site;
+		if (base != KUMO_NONE && *nbases < cap && !site_on(qs, base, bases, *nbases))
+			bases[(*nbases)++] = base;
+		else if (base != KUMO_NONE && *nbases == cap)
+			bases[0] = KUMO_NONE; /* too many: every ready queue is looked at */
+	}
+	return busy;
+}
+
+/* Messages of bounced queues that a connection holds (they are failed when it is done). */
+static uint64_t bounced_in_flight(struct kumo_delivery *d)
+{
+	uint64_t n = 0;
+	const struct kumo_queues *qs = &d->l->queues;
+	for (uint32_t i = 0; i < d->noc; i++) {
+		const struct kumo_oconn *oc = &d->oc[i];
+		if (oc->in_use && !oc->dead && oc->msg != KUMO_NONE &&
+		    qs->msgs[oc->msg].state == KUMO_Q_INFLIGHT &&
+		    queue_bounce(d, qs->msgs[oc->msg].queue))
+			n++;
+	}
+	return n;
+}
+
+/* After a change of the bounces: the messages already queued for a queue whose bounce
+ * just began are failed now rather than at their next attempt. Only the lists that can
+ * hold them are walked: the queue's parked list, the ready queues of its site, and the
+ * timer wheel until every message the bounced queues still count has been found. */
+static void sweep_bounces(struct kumo_delivery *d)
+{
+	struct kumo_queues *qs = &d->l->queues;
+	uint32_t out = d->bouncing, bases[64];
+	size_t nbases = 0;
+	if (!bounce_onsets(d, &out, bases, 64, &nbases))
+		return;
+	bool all_sites = nbases && bases[0] == KUMO_NONE;
+	for (uint32_t si = 0; si < qs->nsites; si++) {
+		struct kumo_site *s = &qs->sites[si];
+		if (s->nready && (all_sites || site_on(qs, si, bases, nbases)))
+			s->nready -= take_bounced(d, &s->ready_head, &s->ready_tail, &out);
+	}
+	uint64_t left = 0, held = bounced_in_flight(d), found = 0;
+	for (uint32_t qi = 0; qi < qs->nqueues; qi++)
+		if (queue_bounce(d, qi))
+			left += qs->queues[qi].count;
+	for (uint32_t m = out; m != KUMO_NONE; m = qs->msgs[m].next)
+		held++;
+	left = left > held ? left - held : 0;
+	for (uint32_t i = 0; i < qs->wheel_slots && found < left; i++)
+		found += take_bounced(d, &qs->wheel[i], NULL, &out);
+	d->bouncing = out;
+}
+
+/* Fails the messages a sweep took, for up to 100 ms a tick so that a large queue does
+ * not stall the loop (each is read back from the spool for its log records and DSN). */
+static void drain_bouncing(struct kumo_delivery *d)
+{
+	uint64_t until = kumo_now_ms() + 100;
+	for (unsigned n = 0; d->bouncing != KUMO_NONE; n++) {
+		if ((n & 63) == 63 && kumo_now_ms() >= until)
+			break;
+		uint32_t m = d->bouncing;
+		d->bouncing = d->l->queues.msgs[m].next;
+		if (queue_bounce(d, d->l->queues.msgs[m].queue))
+			bounce_message(d, m);
+		else
+			kumo_wheel_insert(&d->l->queues, m); /* the bounce ended meanwhile */
+	}
+}
+
 void kumo_delivery_tick(struct kumo_loop *l)
 {
 	struct kumo_delivery *d = l->dlv;
@@ -2055,6 +2221,11 @@ void kumo_delivery_tick(struct kumo_loop *l)
 			oc_tick(d, &d->oc[i]);
 	if (d->stopping || l->e->cfg.no_delivery)
 		return;
+	if (l->conf && l->conf->gen != d->swept_gen) {
+		d->swept_gen = l->conf->gen;
+		sweep_bounces(d);
+	}
+	drain_bouncing(d);
 	uint32_t m = kumo_wheel_advance(&l->queues, l->now_ms);
 	while (m != KUMO_NONE) {
 		uint32_t next = l->queues.msgs[m].next;
@@ -2144,6 +2315,7 @@ int kumo_delivery_init(struct kumo_loop *l)
 	d->l = l;
 	d->free_head = KUMO_NONE;
 	d->smart_site = KUMO_NONE;
+	d->bouncing = KUMO_NONE;
 	l->dlv = d;
 	apply_defaults(d, &l->e->cfg);
 	int err;

@@ -240,17 +240,30 @@ struct kumo_shaping_ref;
 
 struct kumo_susp {
 	int kind;               /* enum kumo_suspend_kind */
-	char *name;
+	const char *name;
 	uint64_t expires_ms;
 };
+
+struct kumo_bnc {
+	const char *domain, *tenant, *campaign; /* NULL: any */
+	const char *reason;
+	uint64_t expires_ms;
+};
+
+/* A list of entries and their strings in one allocation, shared by the snapshots that
+ * have the same list (dynconf.c). */
+struct kumo_conf_list;
 
 /* An immutable snapshot of the runtime configuration (dynconf.c). */
 struct kumo_dynconf {
 	unsigned refs;          /* under kumo_engine.conf_lock */
 	uint64_t gen;
 	struct kumo_shaping_ref *shaping;
-	struct kumo_susp *susp;
+	struct kumo_conf_list *susp_list, *bnc_list; /* own the arrays below */
+	const struct kumo_susp *susp;
 	size_t nsusp;
+	const struct kumo_bnc *bounces;
+	size_t nbounces;
 };
 
 int kumo_conf_init(struct kumo_engine *e, const char *const *files, size_t nfiles, char *err,
@@ -262,6 +275,9 @@ const struct kumo_shaping *kumo_conf_shaping(const struct kumo_dynconf *c);
 /* The expiry of a matching active suspension, or 0. */
 uint64_t kumo_conf_suspended(const struct kumo_dynconf *c, enum kumo_suspend_kind kind,
 			     const char *name, size_t name_len, uint64_t now_ms);
+/* The bounce of c matching the queue with these parts that expires last (active or not:
+ * the caller compares expires_ms with its clock), as an index into c->bounces, or -1. */
+int32_t kumo_conf_bounce(const struct kumo_dynconf *c, const struct kumo_queue_parts *p);
 
 struct kumo_engine {
 	struct kumo_engine_cfg cfg;

@@ -131,14 +131,29 @@ uint32_t kumo_queue_intern(struct kumo_queues *q, const char *name)
 	memset(qu, 0, sizeof(*qu));
 	if (!(qu->name = strdup(name)))
 		return KUMO_NONE;
-	const char *at = strrchr(qu->name, '@'), *colon = strchr(qu->name, ':');
-	qu->domain = at ? at + 1 : colon ? colon + 1 : qu->name;
+	struct kumo_queue_parts parts;
+	kumo_queue_parts(qu->name, &parts);
+	qu->domain = parts.domain;
 	qu->site = KUMO_NONE;
+	qu->bounce = -1;
 	qu->parked_head = qu->parked_tail = KUMO_NONE;
 	uint32_t h = hash_name(name) & (q->nqbuckets - 1);
 	qu->hnext = q->qbuckets[h];
 	q->qbuckets[h] = q->nqueues;
 	return q->nqueues++;
+}
+
+void kumo_queue_parts(const char *name, struct kumo_queue_parts *out)
+{
+	const char *at = strrchr(name, '@'), *colon = strchr(name, ':');
+	if (colon && at && colon > at)
+		colon = NULL; /* a ':' in the domain part (an address literal) */
+	const char *tenant = colon ? colon + 1 : name;
+	*out = (struct kumo_queue_parts){
+		.campaign = colon ? name : "", .campaign_len = colon ? (size_t)(colon - name) : 0,
+		.tenant = at ? tenant : "", .tenant_len = at ? (size_t)(at - tenant) : 0,
+		.domain = at ? at + 1 : tenant};
+	out->domain_len = strlen(out->domain);
 }
 
 uint32_t kumo_site_intern(struct kumo_queues *q, const char *name)

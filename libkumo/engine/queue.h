@@ -87,7 +87,20 @@ struct kumo_queue {
 	bool resolving;
 	uint64_t count;         /* messages of this queue in any state */
 	uint32_t hnext;
+	/* its bounce (delivery.c): the matching entry of conf generation bounce_gen, and
+	 * the expiry of the bounce whose messages were last swept out (0: none) */
+	uint64_t bounce_gen;
+	int32_t bounce;         /* index into that snapshot's bounces, or -1 */
+	uint64_t bounce_swept_until;
 };
+
+/* The parts of a queue name "campaign:tenant@domain" (views into the name; length 0
+ * when a part is absent; the domain is the whole name when there is neither). */
+struct kumo_queue_parts {
+	const char *campaign, *tenant, *domain;
+	size_t campaign_len, tenant_len, domain_len;
+};
+void kumo_queue_parts(const char *name, struct kumo_queue_parts *out);
 
 struct kumo_queues {
 	struct kumo_qmsg *msgs;

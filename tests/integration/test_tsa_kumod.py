@@ -1,8 +1,13 @@
 """TSA end to end: a sink defers one domain with a provider-style [TSS04] reply, kumod
 publishes its log records to tsa-daemon, the rule fires and kumod suspends that site
-within seconds while another site keeps flowing, and the suspension expires."""
+within seconds while another site keeps flowing, and the suspension expires. Likewise a
+Bounce rule: the messages already waiting for the domain and those that come later are
+failed with AdminBounce records and DSNs, and other domains keep delivering."""
+import email
+import json
 import os
 import smtplib
+import urllib.request
 import socket
 import threading
 import time
@@ -21,8 +26,11 @@ duration = "8s"
 class Sink:
     """Counts RCPT commands per arrival time; defers every recipient when told to."""
 
-    def __init__(self, defer=False):
+    def __init__(self, defer=False, reply=None):
         self.defer = defer
+        self.reply = reply or (b"451 4.7.0 [TSS04] Messages from 127.0.0.1 temporarily "
+                               b"deferred due to unexpected volume\r\n")
+        self.messages = []
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -51,13 +59,13 @@ class Sink:
                 verb = line[:4].upper()
                 if verb == b"RCPT":
                     self.rcpts.append(time.monotonic())
-                    c.sendall(b"451 4.7.0 [TSS04] Messages from 127.0.0.1 temporarily "
-                              b"deferred due to unexpected volume\r\n" if self.defer
-                              else b"250 2.1.5 ok\r\n")
+                    c.sendall(self.reply if self.defer else b"250 2.1.5 ok\r\n")
                 elif verb == b"DATA":
                     c.sendall(b"354 go\r\n")
-                    while f.readline() not in (b".\r\n", b""):
-                        pass
+                    data = []
+                    while (line := f.readline()) not in (b".\r\n", b""):
+                        data.append(line[1:] if line.startswith(b"..") else line)
+                    self.messages.append(b"".join(data))
                     self.delivered += 1
                     c.sendall(b"250 2.0.0 ok\r\n")
                 elif verb == b"QUIT":
@@ -120,3 +128,110 @@ def test_tsa_suspends_a_deferring_site_and_others_flow(kumod, tmp_path):
         tsa.stop()
         bad.sock.close()
         good.sock.close()
+
+
+BOUNCE_RULES = r"""
+[["bnc.test".automation]]
+regex = "\\[BNC01\\]"
+action = "Bounce"
+duration = "5m"
+"""
+
+
+def bounced_json(tsa):
+    with urllib.request.urlopen("http://127.0.0.1:%d/get_bounce_v1/bounced.json" % tsa.port,
+                                timeout=5) as r:
+        return json.loads(r.read())
+
+
+def wait_for(pred, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.2)
+    return pred()
+
+
+def test_tsa_bounce_fails_waiting_and_new_messages(kumod, tmp_path):
+    tsa = Tsa(tmp_path / "tsa", shaping=BOUNCE_RULES).start()
+    bad = Sink(defer=True, reply=b"451 4.7.1 [BNC01] mailbox host overloaded\r\n")
+    good, back = Sink(), Sink()
+    try:
+        # retries an hour away and one message an hour to bnc.test: whatever is bounced
+        # promptly was waiting, for its retry (timer wheel) or for the rate (ready queue)
+        shaping = tmp_path / "kumod-shaping.toml"
+        shaping.write_text('["bnc.test"]\nmax_message_rate = "1/h"\n')
+        k = kumod(extra='[delivery]\nretry_interval = "1h"\n'
+                        '[shaping]\nfiles = ["%s"]\n'
+                        '[routing.domains]\n"bnc.test" = "127.0.0.1:%d"\n'
+                        '"other.test" = "127.0.0.1:%d"\n"back.test" = "127.0.0.1:%d"\n'
+                        '[tsa]\nurl = "http://127.0.0.1:%d"\npoll_interval = "1s"\n'
+                  % (shaping, bad.port, good.port, back.port, tsa.port),
+                  threads=1)  # one loop: the rate is not split between loops
+
+        def waiting(i):
+            s = smtplib.SMTP("127.0.0.1", k.port, timeout=10)
+            s.sendmail("a@back.test", ["w%d@bnc.test" % i],
+                       b"Subject: waiting %d\r\n\r\nbody\r\n" % i,
+                       rcpt_options=["NOTIFY=FAILURE"])
+            s.quit()
+        waiting(0)
+        # tried once, deferred by [BNC01]: it waits an hour for its retry
+        assert wait_for(lambda: len(bad.rcpts) >= 1, 15), bad.rcpts
+        waiting(1)
+        waiting(2)
+        rule = wait_for(lambda: bounced_json(tsa), 15)
+        assert rule and rule[0]["domain"] == "bnc.test", rule
+        # kumod polls the bounce within a second or two and fails the waiting messages
+        of = lambda r: r["type"] == "AdminBounce"
+        recs = wait_for(lambda: [r for r in k.records() if of(r)] if
+                        len([r for r in k.records() if of(r)]) >= 3 else None, 15)
+        assert recs and sorted(r["recipient"] for r in recs) == \
+            ["w0@bnc.test", "w1@bnc.test", "w2@bnc.test"], recs
+        for r in recs:
+            assert r["response"]["code"] == 550
+            assert r["response"]["enhanced_code"] == {"class": 5, "subject": 7, "detail": 1}
+            assert r["response"]["content"].startswith("bounced by rule: automation rule ")
+            assert "[BNC01]" in r["response"]["content"]
+            assert r["queue"] == "bnc.test"
+        # the two behind the rate limit were never offered to the domain
+        assert len(bad.rcpts) == 1
+        # a message that comes later is failed at once, never offered to the domain
+        tried = len(bad.rcpts)
+        s = smtplib.SMTP("127.0.0.1", k.port, timeout=10)
+        s.sendmail("a@back.test", ["late@bnc.test"], b"Subject: late\r\n\r\nbody\r\n")
+        for i in range(3):
+            s.sendmail("a@back.test", ["v%d@other.test" % i], b"Subject: v\r\n\r\nbody\r\n")
+        s.quit()
+        assert k.wait_records(lambda r: of(r) and r["recipient"] == "late@bnc.test")
+        assert wait_for(lambda: good.delivered == 3, 10), good.delivered
+        assert len(bad.rcpts) == tried
+        # one DSN per bounced message reached the sender, naming recipient and reason
+        dsns = wait_for(lambda: back.messages if len(back.messages) >= 4 else None, 15)
+        assert dsns and len(dsns) == 4, len(back.messages)
+        reported = {}
+        for raw in dsns:
+            m = email.message_from_bytes(raw)
+            assert m.get_content_type() == "multipart/report"
+            status = m.get_payload()[1].as_string()
+            rcpt = status.split("Final-Recipient: rfc822;")[1].split()[0]
+            reported[rcpt] = status
+        assert sorted(reported) == ["late@bnc.test", "w0@bnc.test", "w1@bnc.test",
+                                    "w2@bnc.test"]
+        assert "Status: 5.7.1" in reported["w0@bnc.test"]
+        assert "bounced by rule" in reported["w0@bnc.test"]
+        # nothing for bnc.test is left in the spool; nothing else was bounced
+        assert not [r for r in k.records()
+                    if r["type"] in ("Bounce", "AdminBounce", "Expiration")
+                    and not r["recipient"].endswith("@bnc.test")]
+        # AdminBounce records are not evaluated by tsa-daemon: the bounce does not feed
+        # itself (its expiry stays that of the [BNC01] deferrals)
+        assert bounced_json(tsa)[0]["expires"] == rule[0]["expires"]
+        k.stop()
+        assert not [m for m in k.list_spool() if "bnc.test" in json.dumps(m)]
+    finally:
+        tsa.stop()
+        for s in (bad, good, back):
+            s.sock.close()

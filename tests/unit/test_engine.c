@@ -38,6 +38,24 @@ static void quiet(void *arg, enum kumo_log_level level, const char *line)
 {
 }
 
+/* An engine that delivers nothing, with its spool in dir (a mkdtemp template). */
+static struct kumo_engine *idle_engine(char *dir, unsigned threads)
+{
+	assert_non_null(mkdtemp(dir));
+	struct kumo_engine_cfg cfg = {.threads = threads, .spool_path = dir, .log_fn = quiet,
+				      .no_delivery = true};
+	struct kumo_engine *e;
+	assert_int_equal(kumo_engine_new(&cfg, &e), 0);
+	return e;
+}
+
+static void remove_dir(const char *dir)
+{
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 static void count_spooled(void *arg, const char *json, size_t len)
 {
 	(*(int *)arg)++;
@@ -110,19 +128,13 @@ static void test_inject_rejects_bad_spec(void **state)
 					     .nrelay_hosts = 1};
 	assert_int_equal(kumo_engine_add_listener(e, &badrelay), -EINVAL);
 	kumo_engine_free(e);
-	char cmd[128];
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	assert_int_equal(system(cmd), 0);
+	remove_dir(dir);
 }
 
 static void test_runtime_config_updates(void **state)
 {
 	char dir[] = "/tmp/kumo-test-engine-XXXXXX";
-	assert_non_null(mkdtemp(dir));
-	struct kumo_engine_cfg cfg = {.threads = 1, .spool_path = dir, .log_fn = quiet,
-				      .no_delivery = true};
-	struct kumo_engine *e;
-	assert_int_equal(kumo_engine_new(&cfg, &e), 0);
+	struct kumo_engine *e = idle_engine(dir, 1);
 	uint64_t gen = atomic_load(&e->conf_gen);
 	char err[256] = "";
 	static const char bad[] = "[\"example.com\"]\nmax_message_rate = \"fast\"\n";
@@ -148,9 +160,68 @@ static void test_runtime_config_updates(void **state)
 	struct kumo_suspension badk = {.kind = (enum kumo_suspend_kind)9, .name = "x"};
 	assert_int_equal(kumo_engine_set_suspensions(e, &badk, 1), -EINVAL);
 	kumo_engine_free(e);
-	char cmd[128];
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	assert_int_equal(system(cmd), 0);
+	remove_dir(dir);
+}
+
+/* The bounce of conf c matching queue name, or -1. */
+static int32_t bounce_for(const struct kumo_dynconf *c, const char *name)
+{
+	struct kumo_queue_parts p;
+	kumo_queue_parts(name, &p);
+	return kumo_conf_bounce(c, &p);
+}
+
+/* Bounces: every part an entry names must equal the queue's; the set replaces the last;
+ * suspensions and rules survive; an entry naming nothing is refused. */
+static void test_bounce_set_and_match(void **state)
+{
+	char dir[] = "/tmp/kumo-test-engine-XXXXXX";
+	struct kumo_engine *e = idle_engine(dir, 1);
+	struct kumo_suspension s = {KUMO_SUSPEND_DOMAIN, "held.test", 7000};
+	assert_int_equal(kumo_engine_set_suspensions(e, &s, 1), 0);
+	struct kumo_bounce b[] = {
+		{.domain = "gone.test", .reason = "domain", .expires_ms = 5000},
+		{.domain = "bad.test", .tenant = "acme", .reason = "tenant", .expires_ms = 6000},
+		{.domain = "bad.test", .tenant = "acme", .campaign = "spring", .expires_ms = 9000},
+		{.tenant = "spammer", .campaign = "", .reason = "", .expires_ms = 4000},
+	};
+	char reason[] = "copied";
+	b[0].reason = reason;
+	assert_int_equal(kumo_engine_set_bounces(e, b, 4), 0);
+	reason[0] = 'X';
+	const struct kumo_dynconf *c = e->conf;
+	assert_int_equal(c->nbounces, 4);
+	assert_string_equal(c->bounces[0].reason, "copied");
+	assert_null(c->bounces[3].campaign); /* "" names nothing */
+	assert_null(c->bounces[2].reason);
+	assert_int_equal(bounce_for(c, "gone.test"), 0);
+	assert_int_equal(bounce_for(c, "camp:t@GONE.test"), 0);
+	assert_int_equal(bounce_for(c, "other.test"), -1);
+	assert_int_equal(bounce_for(c, "bad.test"), -1);      /* no tenant: not acme's */
+	assert_int_equal(bounce_for(c, "bob@bad.test"), -1);
+	assert_int_equal(bounce_for(c, "acme@bad.test"), 1);
+	assert_int_equal(bounce_for(c, "fall:acme@bad.test"), 1);
+	assert_int_equal(bounce_for(c, "spring:acme@bad.test"), 2); /* the later expiry */
+	assert_int_equal(bounce_for(c, "x:spammer@any.test"), 3);
+	assert_int_equal(bounce_for(c, "spring:other@bad.test"), -1);
+	/* suspensions were kept */
+	assert_int_equal(kumo_conf_suspended(c, KUMO_SUSPEND_DOMAIN, "held.test", 9, 1), 7000);
+	/* an entry naming no queue refuses the whole set; the last set stays */
+	uint64_t gen = atomic_load(&e->conf_gen);
+	struct kumo_bounce all[] = {{.domain = "x.test", .expires_ms = 1},
+				    {.domain = "", .reason = "everything", .expires_ms = 1}};
+	assert_int_equal(kumo_engine_set_bounces(e, all, 2), -EINVAL);
+	assert_int_equal(atomic_load(&e->conf_gen), gen);
+	assert_int_equal(e->conf->nbounces, 4);
+	/* a new set of suspensions keeps the bounces; an empty set of bounces clears them */
+	assert_int_equal(kumo_engine_set_suspensions(e, NULL, 0), 0);
+	assert_int_equal(e->conf->nbounces, 4);
+	assert_int_equal(e->conf->nsusp, 0);
+	assert_int_equal(kumo_engine_set_bounces(e, NULL, 0), 0);
+	assert_int_equal(e->conf->nbounces, 0);
+	assert_int_equal(bounce_for(e->conf, "gone.test"), -1);
+	kumo_engine_free(e);
+	remove_dir(dir);
 }
 
 static struct sockaddr_storage addr(const char *ip)
@@ -201,6 +272,7 @@ int main(void)
 		cmocka_unit_test(test_inject_rejects_bad_spec),
 		cmocka_unit_test(test_cidr),
 		cmocka_unit_test(test_runtime_config_updates),
+		cmocka_unit_test(test_bounce_set_and_match),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -76,6 +76,30 @@ static void test_records_and_lists(void **state)
 	kumo_queues_free(&q);
 }
 
+static void parts_are(const char *name, const char *campaign, const char *tenant,
+		      const char *domain)
+{
+	struct kumo_queue_parts p;
+	kumo_queue_parts(name, &p);
+	assert_int_equal(p.campaign_len, strlen(campaign));
+	assert_memory_equal(p.campaign, campaign, p.campaign_len);
+	assert_int_equal(p.tenant_len, strlen(tenant));
+	assert_memory_equal(p.tenant, tenant, p.tenant_len);
+	assert_int_equal(p.domain_len, strlen(domain));
+	assert_string_equal(p.domain, domain);
+}
+
+/* Queue names split into campaign, tenant and domain as KumoMTA writes them. */
+static void test_queue_parts(void **state)
+{
+	parts_are("camp:acme@example.com", "camp", "acme", "example.com");
+	parts_are("acme@example.com", "", "acme", "example.com");
+	parts_are("camp:example.com", "camp", "", "example.com");
+	parts_are("example.com", "", "", "example.com");
+	parts_are("acme@[IPv6:::1]", "", "acme", "[IPv6:::1]");
+	parts_are("c:t@[IPv6:::1]", "c", "t", "[IPv6:::1]");
+}
+
 /* Collects the due list into a bitmap of message indexes. */
 static int count_due(struct kumo_queues *q, uint32_t head, uint8_t *seen)
 {
@@ -126,6 +150,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_intern),
+		cmocka_unit_test(test_queue_parts),
 		cmocka_unit_test(test_records_and_lists),
 		cmocka_unit_test(test_wheel),
 	};

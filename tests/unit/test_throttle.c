@@ -589,7 +589,8 @@ static void test_redis_gcra(void **state)
 	redisFree(c);
 	assert_true(strtod(tat, NULL) > 1e15); /* microseconds of Redis' clock */
 
-	/* 20 per second, burst 1, for 2 s, asking again as soon as allowed: 40 +- 2 */
+	/* 20 per second, burst 1, for 2 s, asking again as soon as allowed: at most 40 + 2;
+	 * fewer when the machine is busy and wake-ups come late */
 	uint64_t start = mono_ms();
 	int allowed = 0, denied = 0;
 	while (mono_ms() - start < 2000) {
@@ -602,7 +603,7 @@ static void test_redis_gcra(void **state)
 			run_for(&n, a.wait);
 		}
 	}
-	assert_in_range(allowed, 38, 42);
+	assert_in_range(allowed, 30, 42);
 	assert_true(denied >= allowed - 2);
 	struct kumo_throttle_stats st = stats(&n);
 	assert_int_equal(st.local_answers, 0);
