@@ -156,3 +156,33 @@ def test_only_source_with_dead_proxy_waits_until_it_returns(kumod):
         pp.terminate()
         pp.wait(timeout=10)
         sink.close()
+
+
+def test_source_refused_by_its_proxy_is_unhealthy(kumod, tmp_path):
+    """The proxy refuses source a's credentials: a is unhealthy (the proxy's fault, not the
+    destination's) and its mail leaves through b; nothing is deferred."""
+    sink = CountingSink()
+    pport = free_port()
+    users = tmp_path / "users"
+    users.write_text("mta:secret\n")
+    pp = subprocess.Popen([KUMOPROXY, "--listen", "127.0.0.1:%d" % pport, "--users", str(users)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        src = 'socks5_proxy_server = "127.0.0.1:%d"\nsocks5_proxy_source_address = "%s"\n' \
+              'socks5_proxy_username = "mta"\nsocks5_proxy_password = "%s"\n'
+        k = kumod(extra='[routing]\nsmart_host = "127.0.0.1:%d"\n' % sink.port + pool([
+            ("a", src % (pport, "127.0.0.2", "wrong")),
+            ("b", src % (pport, "127.0.0.3", "secret"))]))
+        inject(k, 30, "auth.test", conns=3)
+        wait_arrivals(sink, 30)
+        assert len(sink.arrivals) == 30
+        assert set(sink.peers) == {"127.0.0.3"}, set(sink.peers)
+        time.sleep(0.5)
+        types = [r["type"] for r in k.records()]
+        assert "TransientFailure" not in types and "Bounce" not in types, types
+        assert "egress source 'a' is unhealthy: Egress proxy:" in k.log_text(), k.log_text()
+    finally:
+        pp.terminate()
+        pp.wait(timeout=10)
+        sink.close()
