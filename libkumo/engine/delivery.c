@@ -55,6 +55,7 @@ struct kumo_oconn {
 	uint32_t next_free, idle_next;
 	uint32_t site;
 	uint32_t provider;       /* the provider budget it counts against, or KUMO_NONE */
+	struct kumo_node_slot *site_slot, *prov_slot; /* node-wide counts it holds, or NULL */
 	unsigned host, addr;     /* the address being tried or used */
 	uint64_t since_ms;       /* connect start or idle start */
 	struct kumo_smtp_client *sm;
@@ -264,8 +265,14 @@ static uint32_t provider_budget(struct kumo_delivery *d, const struct kumo_shapi
 	if (i == KUMO_NONE)
 		return i;
 	struct kumo_provider_budget *b = &d->providers.v[i];
-	uint64_t limit = sp->connection_limit.limit;
-	b->conn_limit = limit ? (unsigned)((limit + nloops - 1) / nloops) : 0;
+	b->conn_limit = (unsigned)sp->connection_limit.limit;
+	b->node_slot = NULL;
+	if (b->conn_limit) {
+		char key[300];
+		snprintf(key, sizeof(key), "%s\x1f%u", sp->name, source);
+		b->node_slot = kumo_node_slot_get(&d->l->e->node_limits, key, KUMO_SLOT_PROVIDER,
+						  d->l->index, i);
+	}
 	gcra_setup(&sp->max_message_rate, nloops, &b->T, &b->tau);
 	return i;
 }
@@ -279,6 +286,7 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 	s->shaped = true;
 	s->conn_limit = d->conn_limit;
 	s->provider = KUMO_NONE;
+	s->node_slot = NULL;
 	s->max_ready = 0;
 	s->max_deliveries = d->max_deliveries;
 	s->idle_ms = d->idle_ms;
@@ -297,8 +305,12 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 	struct kumo_shaping_params p;
 	if (kumo_shaping_effective(sh, domain, hosts, n, src, &p) < 0)
 		return;
-	if (p.set & (1u << KUMO_SHAPING_F_CONNECTION_LIMIT))
-		s->conn_limit = (unsigned)((p.connection_limit.limit + nloops - 1) / nloops);
+	if (p.set & (1u << KUMO_SHAPING_F_CONNECTION_LIMIT)) {
+		/* the node's limit: every loop's connections count against it */
+		s->conn_limit = (unsigned)p.connection_limit.limit;
+		s->node_slot = kumo_node_slot_get(&l->e->node_limits, s->name, KUMO_SLOT_SITE,
+						  l->index, si);
+	}
 	s->provider = provider_budget(d, &p, s->source, nloops);
 	if (s->conn_limit == 0)
 		s->conn_limit = 1;
@@ -308,6 +320,7 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 		/* one limit for every node: each connection holds a lease in Redis */
 		s->shared_conn_limit = p.connection_limit.limit ? p.connection_limit.limit : 1;
 		s->conn_limit = (unsigned)s->shared_conn_limit;
+		s->node_slot = NULL; /* the leases count for every loop and node */
 	}
 	s->max_ready = 0;
 	if (p.set & (1u << KUMO_SHAPING_F_MAX_READY))
@@ -983,9 +996,14 @@ static uint64_t message_wait(const struct kumo_delivery *d, const struct kumo_si
 	return wait;
 }
 
-/* True when oc holds a connection of a spent provider budget that another site waits for. */
+/* True when oc holds a connection that another site of its provider, or another loop,
+ * waits for: it should hand it over rather than keep or idle on it. */
 static bool provider_wanted(const struct kumo_delivery *d, const struct kumo_oconn *oc)
 {
+	unsigned me = d->l->index;
+	if ((oc->site_slot && kumo_node_slot_contended(oc->site_slot, me)) ||
+	    (oc->prov_slot && kumo_node_slot_contended(oc->prov_slot, me)))
+		return true;
 	if (oc->provider == KUMO_NONE)
 		return false;
 	const struct kumo_provider_budget *b = &d->providers.v[oc->provider];
@@ -1012,16 +1030,61 @@ static void provider_wait(struct kumo_delivery *d, uint32_t si)
 	}
 }
 
-/* A connection of provider budget pi closed: the sites waiting for one get their turn. */
+/* The sites waiting for a connection of provider budget pi get their turn, oldest first,
+ * while it has room (each refused one queues again). */
+static void provider_kick_waiters(struct kumo_delivery *d, uint32_t pi)
+{
+	size_t n = d->providers.v[pi].nwaiting;
+	uint32_t si;
+	while (n-- && !kumo_provider_full(&d->providers.v[pi]) &&
+	       (si = kumo_provider_next_waiter(&d->providers.v[pi])) != KUMO_NONE)
+		site_kick(d, si);
+}
+
+/* A connection of provider budget pi closed. */
 static void provider_released(struct kumo_delivery *d, uint32_t pi)
 {
 	struct kumo_provider_budget *b = &d->providers.v[pi];
 	if (b->nconns)
 		b->nconns--;
-	uint32_t si;
-	while (!kumo_provider_full(&d->providers.v[pi]) &&
-	       (si = kumo_provider_next_waiter(&d->providers.v[pi])) != KUMO_NONE)
-		site_kick(d, si);
+	provider_kick_waiters(d, pi);
+}
+
+/* Takes the node-wide counts a new connection of site si needs (its own shaped limit and
+ * its provider's); false, holding none, when one is spent: the site then waits. */
+static bool take_node_slots(struct kumo_delivery *d, uint32_t si)
+{
+	struct kumo_engine *e = d->l->e;
+	const struct kumo_site *s = &d->l->queues.sites[si];
+	struct kumo_provider_budget *b =
+		s->provider != KUMO_NONE ? &d->providers.v[s->provider] : NULL;
+	if (b && kumo_provider_full(b)) {
+		provider_wait(d, si);
+		return false;
+	}
+	if (s->node_slot &&
+	    !kumo_node_slot_take(&e->node_limits, s->node_slot, s->conn_limit, d->l->index))
+		return false;
+	if (b && b->node_slot &&
+	    !kumo_node_slot_take(&e->node_limits, b->node_slot, b->conn_limit, d->l->index)) {
+		provider_wait(d, si);
+		if (s->node_slot)
+			kumo_node_slot_release(e, s->node_slot);
+		return false;
+	}
+	return true;
+}
+
+void kumo_delivery_slot_freed(struct kumo_loop *l, struct kumo_node_slot *slot)
+{
+	struct kumo_delivery *d = l->dlv;
+	uint32_t local = slot->local[l->index];
+	if (!d || local == KUMO_NONE)
+		return;
+	if (slot->kind == KUMO_SLOT_SITE && local < l->queues.nsites)
+		site_kick(d, local);
+	else if (slot->kind == KUMO_SLOT_PROVIDER && local < d->providers.n)
+		provider_kick_waiters(d, local);
 }
 
 /* ---- egress source health ------------------------------------------------------- */
@@ -1150,6 +1213,7 @@ static struct kumo_oconn *oc_alloc(struct kumo_delivery *d)
 	oc->recv_busy = oc->send_busy = oc->read_busy = false;
 	oc->msg = KUMO_NONE;
 	oc->provider = KUMO_NONE;
+	oc->site_slot = oc->prov_slot = NULL;
 	oc->deliveries = 0;
 	oc->rpos = oc->rlen = oc->sent = 0;
 	oc->sbuf.len = 0;
@@ -1210,6 +1274,11 @@ static void oc_close(struct kumo_delivery *d, struct kumo_oconn *oc)
 	d->live--;
 	uint32_t site = oc->site, provider = oc->provider;
 	oc->provider = KUMO_NONE;
+	if (oc->site_slot)
+		kumo_node_slot_release(d->l->e, oc->site_slot);
+	if (oc->prov_slot)
+		kumo_node_slot_release(d->l->e, oc->prov_slot);
+	oc->site_slot = oc->prov_slot = NULL;
 	oc_maybe_release(d, oc);
 	if (provider != KUMO_NONE)
 		provider_released(d, provider);
@@ -1306,8 +1375,12 @@ static void oc_open(struct kumo_delivery *d, uint32_t site)
 	snprintf(oc->lease, sizeof(oc->lease), "%s", s->lease_ready);
 	s->lease_ready[0] = 0;
 	oc->provider = s->provider;
-	if (oc->provider != KUMO_NONE)
+	oc->site_slot = s->node_slot;
+	oc->prov_slot = NULL;
+	if (oc->provider != KUMO_NONE) {
 		d->providers.v[oc->provider].nconns++;
+		oc->prov_slot = d->providers.v[oc->provider].node_slot;
+	}
 	oc->lease_renewed_ms = d->l->now_ms;
 	s->nconns++;
 	s->nconnecting++;
@@ -1407,16 +1480,14 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 		}
 		if (s->nconns >= limit || s->nconnecting >= s->nready)
 			break;
-		if (s->provider != KUMO_NONE && kumo_provider_full(&d->providers.v[s->provider])) {
-			provider_wait(d, site);
-			break; /* a connection of the provider that closes kicks the site */
-		}
 		if ((wait = gcra_wait(s->conn_T, s->conn_tau, s->conn_tat, now))) {
 			site_timer(d, site, wait);
 			break;
 		}
 		if (!lease_in_hand(d, site))
 			break; /* the lease's answer kicks the site again */
+		if (!take_node_slots(d, site))
+			break; /* a connection closing, here or on another loop, kicks the site */
 		s = &d->l->queues.sites[site];
 		gcra_take(s->conn_T, &s->conn_tat, now);
 		oc_open(d, site);
@@ -2051,7 +2122,9 @@ static void oc_tick(struct kumo_delivery *d, struct kumo_oconn *oc)
 		return;
 	}
 	uint64_t idle_ms = d->l->queues.sites[oc->site].idle_ms;
-	if (oc->state == OC_IDLE && (now - oc->since_ms >= idle_ms || d->stopping)) {
+	/* idle past its timeout, or idle on a limit another loop waits for */
+	if (oc->state == OC_IDLE &&
+	    (now - oc->since_ms >= idle_ms || d->stopping || provider_wanted(d, oc))) {
 		site_remove_idle(d, oc);
 		oc->state = OC_QUITTING;
 		kumo_smtp_client_quit(oc->sm);

@@ -28,6 +28,9 @@ void kumo_delivery_dns_done(struct kumo_loop *l, uint64_t ud, int res);
 void kumo_delivery_timer_done(struct kumo_loop *l, uint64_t ud);
 /* Completions of the Redis connection's polls. */
 void kumo_delivery_throttle_done(struct kumo_loop *l, uint64_t ud, int res);
+/* Another loop freed a connection of node-wide slot s (nodelimit.h) this loop waited for. */
+struct kumo_node_slot;
+void kumo_delivery_slot_freed(struct kumo_loop *l, struct kumo_node_slot *s);
 /* Stop taking messages; force closes every connection. */
 void kumo_delivery_shutdown(struct kumo_loop *l, bool force);
 /* True when no outbound connection is open. */

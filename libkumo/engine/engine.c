@@ -157,6 +157,8 @@ int kumo_engine_new(const struct kumo_engine_cfg *cfg, struct kumo_engine **out)
 	e->cfg.nshaping_files = 0;
 	long cores = sysconf(_SC_NPROCESSORS_ONLN);
 	e->nloops = cfg->threads ? cfg->threads : (unsigned)(cores > 0 ? cores : 1);
+	kumo_node_limits_init(&e->node_limits, e->nloops);
+	e->node_limits_ready = true;
 	if (mkdir(e->spool_path, 0750) < 0 && errno != EEXIST) {
 		err = -errno;
 		kumo_elog(e, KUMO_LOG_ERROR, "spool directory %s: %s", e->spool_path,
@@ -585,6 +587,8 @@ void kumo_engine_free(struct kumo_engine *e)
 		free(e->tenant_pools[i].tenant);
 	free(e->tenant_pools);
 	kumo_conf_fini(e);
+	if (e->node_limits_ready)
+		kumo_node_limits_fini(&e->node_limits);
 	free(e->spool_path);
 	free(e->log_path);
 	free(e->hostname);

@@ -16,6 +16,7 @@
 #include "engine/envelope.h"
 #include "engine/queue.h"
 #include "engine/delivery.h"
+#include "engine/nodelimit.h"
 #include "engine/spool.h"
 #include "proto/smtp_server.h"
 #include "util/id.h"
@@ -169,6 +170,9 @@ struct kumo_loop {
 	uint64_t stop_deadline_ms;
 	pthread_mutex_t inject_lock;
 	struct kumo_inject *inject_head, *inject_tail;
+	/* node-wide limit slots freed by other loops while this one waited (inject_lock) */
+	struct kumo_node_slot **kicks;
+	size_t nkicks, capkicks;
 	int *listen_fds;       /* one per engine listener, SO_REUSEPORT */
 	bool *accept_armed;
 	struct kumo_conn *conns;
@@ -295,6 +299,8 @@ struct kumo_engine {
 	size_t npools;
 	struct kumo_tenant_pool *tenant_pools;
 	size_t ntenant_pools;
+	struct kumo_node_limits node_limits; /* shaped connection limits across loops */
+	bool node_limits_ready;
 	char **shaping_files;
 	size_t nshaping_files;
 	pthread_mutex_t conf_lock;
@@ -316,6 +322,9 @@ void kumo_elog(const struct kumo_engine *e, enum kumo_log_level lvl, const char 
 
 /* loop.c */
 struct io_uring_sqe *kumo_loop_sqe(struct kumo_loop *l);
+/* From any thread: slot s has a free connection the loop waited for; the loop kicks its
+ * site or provider on its next wake-up. */
+void kumo_loop_kick(struct kumo_loop *l, struct kumo_node_slot *s);
 uint64_t kumo_now_ms(void);
 int kumo_loop_init(struct kumo_loop *l, struct kumo_engine *e, unsigned index);
 void kumo_loop_fini(struct kumo_loop *l);

@@ -177,6 +177,7 @@ void kumo_loop_fini(struct kumo_loop *l)
 		io_uring_queue_exit(&l->ring);
 	}
 	pthread_mutex_destroy(&l->inject_lock);
+	free(l->kicks);
 }
 
 /* Encodes the envelope and appends {envelope, data} to the spool's pending batch. */
@@ -288,6 +289,43 @@ static void inject_finish(struct kumo_loop *l, struct kumo_inject *in, int statu
 	free(in->data);
 	free(in->puts);
 	free(in);
+}
+
+void kumo_loop_kick(struct kumo_loop *l, struct kumo_node_slot *s)
+{
+	pthread_mutex_lock(&l->inject_lock);
+	bool known = false;
+	for (size_t i = 0; i < l->nkicks; i++)
+		known |= l->kicks[i] == s;
+	if (!known && l->nkicks == l->capkicks) {
+		size_t cap = l->capkicks ? l->capkicks * 2 : 16;
+		struct kumo_node_slot **k = realloc(l->kicks, cap * sizeof(*k));
+		if (k) {
+			l->kicks = k;
+			l->capkicks = cap;
+		}
+	}
+	if (!known && l->nkicks < l->capkicks)
+		l->kicks[l->nkicks++] = s;
+	pthread_mutex_unlock(&l->inject_lock);
+	uint64_t one = 1;
+	(void)!write(l->wake_fd, &one, sizeof(one));
+}
+
+/* The node-wide slots freed for this loop since its last wake-up. */
+static void take_kicks(struct kumo_loop *l)
+{
+	struct kumo_node_slot *s[64];
+	size_t n;
+	do {
+		pthread_mutex_lock(&l->inject_lock);
+		n = l->nkicks < 64 ? l->nkicks : 64;
+		memcpy(s, l->kicks + l->nkicks - n, n * sizeof(*s));
+		l->nkicks -= n;
+		pthread_mutex_unlock(&l->inject_lock);
+		for (size_t i = 0; i < n; i++)
+			kumo_delivery_slot_freed(l, s[i]);
+	} while (n == 64);
 }
 
 static void take_injected(struct kumo_loop *l)
@@ -419,6 +457,7 @@ static void dispatch(struct kumo_loop *l, struct io_uring_cqe *cqe)
 		break;
 	case KUMO_OP_WAKE:
 		take_injected(l);
+		take_kicks(l);
 		if (atomic_load(&l->stop_requested))
 			begin_stop(l);
 		arm_wake(l);

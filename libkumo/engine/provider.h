@@ -13,7 +13,8 @@ struct kumo_provider_budget {
 	char *name;               /* owned */
 	uint32_t source;          /* egress source index, or KUMO_NONE */
 	unsigned nconns;          /* connections open to the provider's sites */
-	unsigned conn_limit;      /* 0: no connection budget */
+	unsigned conn_limit;      /* 0: no connection budget; the whole node's */
+	struct kumo_node_slot *node_slot; /* the count over all loops, or NULL */
 	double T, tau, tat;       /* GCRA over transactions; T 0: no rate */
 	uint32_t *waiting;        /* sites waiting for a connection, oldest first (owned) */
 	size_t nwaiting, capwaiting;

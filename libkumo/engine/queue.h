@@ -35,6 +35,8 @@ struct kumo_qmsg {
 	uint8_t flags;
 };
 
+struct kumo_node_slot;
+
 struct kumo_site_host {
 	char *name;
 	size_t naddrs;
@@ -64,6 +66,7 @@ struct kumo_site {
 	unsigned max_deliveries;
 	uint64_t max_ready;     /* 0: no bound on the ready queue */
 	uint32_t provider;      /* its provider budget (delivery's table), or KUMO_NONE */
+	struct kumo_node_slot *node_slot; /* conn_limit counted over all loops, or NULL */
 	uint64_t idle_ms;
 	double msg_T, msg_tau, msg_tat;    /* GCRA for messages: interval, tolerance, TAT (ms) */
 	double conn_T, conn_tau, conn_tat; /* GCRA for new connections */

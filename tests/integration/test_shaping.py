@@ -359,3 +359,49 @@ def test_provider_idle_connections_go_to_a_waiting_site(kumod, tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_connection_limit_is_per_node_not_per_thread(kumod, tmp_path):
+    """connection_limit = 1 with two kumod threads both holding mail for the site: one
+    connection at a time in all, handed between the threads (no thread waits for the
+    other's idle timeout)."""
+    sink = CountingSink()
+    sink.delay = 0.02
+    shaping = tmp_path / "shaping.toml"
+    shaping.write_text('["one.test"]\nconnection_limit = 1\nmax_deliveries_per_connection = 5\n')
+    k = kumod(threads=2, extra='[routing]\nsmart_host = "127.0.0.1:%d"\n[shaping]\n'
+                               'files = ["%s"]\n' % (sink.port, shaping))
+    try:
+        t0 = time.monotonic()
+        inject(k, 60, "one.test", conns=8)
+        t_end = time.monotonic() + 30
+        while time.monotonic() < t_end and len(sink.arrivals) < 60:
+            time.sleep(0.1)
+        assert len(sink.arrivals) == 60
+        assert time.monotonic() - t0 < 20
+        assert sink.max_active == 1, sink.max_active
+    finally:
+        sink.close()
+
+
+def test_provider_connection_limit_is_per_node(kumod, tmp_path):
+    """provider_connection_limit = 2 over two sites and two threads: two connections in
+    all, and every message arrives well before an idle timeout."""
+    a = CountingSink()
+    b = CountingSink(shared=a)
+    a.delay = b.delay = 0.02
+    shaping = tmp_path / "shaping.toml"
+    shaping.write_text('[provider."prov"]\nmatch = [{DomainSuffix = ".prov.test"}]\n'
+                       'provider_connection_limit = 2\n')
+    k = kumod(threads=2, extra='[routing.domains]\n"a.prov.test" = "127.0.0.1:%d"\n'
+                               '"b.prov.test" = "127.0.0.1:%d"\n[shaping]\nfiles = ["%s"]\n'
+                               % (a.port, b.port, shaping))
+    try:
+        t0 = time.monotonic()
+        inject(k, 80, "a.prov.test,b.prov.test", conns=8)
+        wait_both(a, b, 80, timeout=30)
+        assert time.monotonic() - t0 < 20
+        assert a.max_active <= 2, a.max_active
+    finally:
+        a.close()
+        b.close()
