@@ -652,25 +652,50 @@ static int egress_sections(struct ctx *x, const struct kumo_toml_value *root,
 	return 0;
 }
 
+/* [tsa] url or urls: each a tsa-daemon, none twice. */
+static int tsa_urls(struct ctx *x, const struct kumo_toml_value *t, struct kumod_config *c)
+{
+	const struct kumo_toml_value *url = kumo_toml_get(t, "url"), *urls = kumo_toml_get(t, "urls");
+	int err;
+	if (url && urls)
+		return fail(x, urls, "tsa.urls", "url and urls exclude each other: list every "
+			    "tsa-daemon in urls%s", "");
+	if ((err = get_string(x, t, "url", "tsa.url", &c->tsa_urls[0])) ||
+	    (err = get_string_array(x, t, "urls", "tsa.urls", c->tsa_urls, KUMOD_TSA_MAX_DAEMONS,
+				    &c->ntsa_urls, NULL)))
+		return err;
+	if (urls && !c->ntsa_urls)
+		return fail(x, urls, "tsa.urls", "empty: list at least one tsa-daemon%s", "");
+	if (url)
+		c->ntsa_urls = 1;
+	size_t at;
+	int rc = kumod_tsa_check_urls(c->tsa_urls, c->ntsa_urls, &at);
+	const struct kumo_toml_value *v = url ? url : kumo_toml_at(urls, at);
+	const char *key = url ? "tsa.url" : "tsa.urls";
+	if (rc == -EINVAL)
+		return fail(x, v, key, "expected \"http://ip:port\", got \"%s\"", c->tsa_urls[at]);
+	if (rc == -EEXIST)
+		return fail(x, v, key, "\"%s\" names a tsa-daemon listed before", c->tsa_urls[at]);
+	return 0;
+}
+
 static int tsa_section(struct ctx *x, const struct kumo_toml_value *root, struct kumod_config *c)
 {
-	static const char *const keys[] = {"url", "poll_interval", NULL};
+	static const char *const keys[] = {"url", "urls", "poll_interval", "max_pending", NULL};
 	const struct kumo_toml_value *t = kumo_toml_get(root, "tsa");
 	int err;
 	if (!t)
 		return 0;
 	if (kumo_toml_type(t) != KUMO_TOML_TABLE)
 		return fail(x, t, "tsa", "expected a table%s", "");
-	if ((err = only_keys(x, t, "tsa.", keys)) ||
-	    (err = get_string(x, t, "url", "tsa.url", &c->tsa_url)) ||
-	    (err = get_duration(x, t, "poll_interval", "tsa.poll_interval", &c->tsa_poll_ms)))
+	if ((err = only_keys(x, t, "tsa.", keys)) || (err = tsa_urls(x, t, c)) ||
+	    (err = get_duration(x, t, "poll_interval", "tsa.poll_interval", &c->tsa_poll_ms)) ||
+	    (err = get_size(x, t, "max_pending", "tsa.max_pending", &c->tsa_max_pending)))
 		return err;
-	char host[64];
-	unsigned port;
-	if (c->tsa_url && (sscanf(c->tsa_url, "http://%63[0-9.]:%u", host, &port) != 2 ||
-			   port > 65535))
-		return fail(x, kumo_toml_get(t, "url"), "tsa.url",
-			    "expected \"http://ip:port\", got \"%s\"", c->tsa_url);
+	if (c->tsa_max_pending && c->tsa_max_pending < 4096)
+		return fail(x, kumo_toml_get(t, "max_pending"), "tsa.max_pending",
+			    "at least 4096 bytes (a record of more than a quarter is never held)%s",
+			    "");
 	return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "kumo/kumo.h"
+#include "tsa.h"
 
 #define KUMOD_MAX_LISTENERS 32
 
@@ -37,8 +38,10 @@ struct kumod_config {
 		const char *pool;
 	} pool_rules[256];
 	size_t npool_rules;
-	const char *tsa_url;          /* [tsa] url */
+	const char *tsa_urls[KUMOD_TSA_MAX_DAEMONS]; /* [tsa] urls, or url as the only one */
+	size_t ntsa_urls;
 	uint32_t tsa_poll_ms;
+	size_t tsa_max_pending;       /* per tsa-daemon; 0: the default */
 	struct kumo_toml_doc *doc; /* owns every string above */
 };
 

@@ -85,10 +85,13 @@ static int run(struct kumod_config *c)
 	signal(SIGPIPE, SIG_IGN);
 	c->engine.log_fn = diag;
 	struct kumod_tsa *tsa = NULL;
-	if (c->tsa_url) {
-		struct kumod_tsa_cfg tc = {.url = c->tsa_url, .poll_ms = c->tsa_poll_ms};
-		if (kumod_tsa_new(&tc, &tsa) < 0) {
-			fprintf(stderr, "kumod: tsa: bad url %s\n", c->tsa_url);
+	if (c->ntsa_urls) {
+		struct kumod_tsa_cfg tc = {.urls = c->tsa_urls, .nurls = c->ntsa_urls,
+					   .poll_ms = c->tsa_poll_ms,
+					   .max_pending = c->tsa_max_pending};
+		int terr = kumod_tsa_new(&tc, &tsa);
+		if (terr < 0) {
+			fprintf(stderr, "kumod: tsa: %s\n", strerror(-terr));
 			return 1;
 		}
 		c->engine.record_fn = kumod_tsa_record;

@@ -1,64 +1,154 @@
-/* kumod's tsa-daemon client: a thread that posts batched log records (JSON lines) to
- * POST /publish_log_v1 and polls GET /get_config_v1/shaping.toml,
- * GET /get_suspension_v1/suspended.json and GET /get_bounce_v1/bounced.json, applying
- * what changed to the engine. */
+/* kumod's tsa-daemon client: one thread per tsa-daemon posts batched log records (JSON
+ * lines) to POST /publish_log_v1 and polls GET /get_config_v1/shaping.toml,
+ * GET /get_suspension_v1/suspended.json and GET /get_bounce_v1/bounced.json; what the
+ * daemons last answered is combined (overlays merged, suspensions and bounces united) and
+ * given to the engine whenever one answer changes. */
 #include "tsa.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
-#include <stddef.h>
+#include <inttypes.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "util/json.h"
+#include "engine/shaping.h"
+#include "util/crc32c.h"
 #include "util/json_read.h"
+#include "util/toml.h"
 
-struct kumod_tsa {
-	struct kumod_tsa_cfg cfg;
-	struct kumo_engine *e;
+/* The documents each tsa-daemon serves. */
+enum { DOC_OVERLAY, DOC_SUSPENSIONS, DOC_BOUNCES, NDOCS };
+static const char *const doc_paths[NDOCS] = {"/get_config_v1/shaping.toml",
+					     "/get_suspension_v1/suspended.json",
+					     "/get_bounce_v1/bounced.json"};
+
+struct tsa_peer {
+	struct kumod_tsa *t;
+	char *url;
 	struct sockaddr_in addr;
 	pthread_t thread;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	bool stop, running;
-	struct kumo_buf pending;   /* JSON lines waiting to be posted, under lock */
-	uint64_t dropped;
-	char *overlay;             /* the last overlay applied */
-	char *suspensions;         /* the last suspended.json applied */
-	char *bounces;             /* the last bounced.json applied */
+	bool running;
+	bool away;		  /* the last request failed; peer thread only */
+	struct kumo_buf pending;  /* JSON lines waiting to be posted, under t->lock */
+	uint64_t dropped, posted; /* records, under t->lock */
+	uint64_t dropped_logged;  /* dropped when last logged; peer thread only */
+	uint32_t refused[NDOCS];  /* CRC of the last answer refused (logged once); peer only */
+	char *docs[NDOCS];	  /* the last usable answers, under t->conf_lock */
 };
+
+struct kumod_tsa {
+	struct kumod_tsa_cfg cfg; /* urls not kept: each peer has its copy */
+	struct kumo_engine *e;
+	pthread_mutex_t lock; /* pending buffers, record counters, stop */
+	pthread_cond_t cond;
+	bool stop;
+	pthread_mutex_t conf_lock; /* peers' docs, and what is given to the engine */
+	bool retry[NDOCS];	   /* giving it to the engine failed: try at the next poll */
+	size_t npeers;
+	struct tsa_peer peers[];
+};
+
+int kumod_tsa_parse_url(const char *url, struct sockaddr_in *out)
+{
+	char host[16];
+	unsigned port;
+	int end = 0;
+	if (!url || sscanf(url, "http://%15[0-9.]:%5u%n", host, &port, &end) != 2 || !end ||
+	    !isdigit((unsigned char)url[7 + strlen(host) + 1]))
+		return -EINVAL;
+	if ((url[end] && strcmp(url + end, "/") != 0) || port == 0 || port > 65535)
+		return -EINVAL;
+	*out = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	return inet_pton(AF_INET, host, &out->sin_addr) == 1 ? 0 : -EINVAL;
+}
+
+int kumod_tsa_check_urls(const char *const *urls, size_t n, size_t *at)
+{
+	struct sockaddr_in a[KUMOD_TSA_MAX_DAEMONS];
+	*at = 0;
+	if (n > KUMOD_TSA_MAX_DAEMONS)
+		return -E2BIG;
+	for (size_t i = 0; i < n; i++) {
+		*at = i;
+		if (kumod_tsa_parse_url(urls[i], &a[i]) < 0)
+			return -EINVAL;
+		for (size_t j = 0; j < i; j++)
+			if (a[j].sin_addr.s_addr == a[i].sin_addr.s_addr &&
+			    a[j].sin_port == a[i].sin_port)
+				return -EEXIST;
+	}
+	return 0;
+}
+
+/* ---- publishing ------------------------------------------------------------------------ */
+
+static uint64_t count_lines(const char *s, size_t n)
+{
+	uint64_t lines = 0;
+	for (const char *p = s, *end = s + n; n && (p = memchr(p, '\n', (size_t)(end - p))); p++)
+		lines++;
+	return lines;
+}
+
+/* Drops whole lines from the front of p's pending records (the oldest) until at most keep
+ * bytes remain; counts them as dropped. Under t->lock. */
+static void drop_oldest(struct tsa_peer *p, size_t keep)
+{
+	struct kumo_buf *b = &p->pending;
+	if (b->len <= keep)
+		return;
+	size_t cut = b->len - keep;
+	const char *nl = memchr(b->data + cut - 1, '\n', b->len - cut + 1);
+	size_t drop = nl ? (size_t)(nl - b->data) + 1 : b->len;
+	p->dropped += count_lines(b->data, drop);
+	kumo_buf_consume(b, drop);
+}
 
 void kumod_tsa_record(void *arg, const char *json, size_t len)
 {
 	struct kumod_tsa *t = arg;
+	size_t max = t->cfg.max_pending;
 	pthread_mutex_lock(&t->lock);
-	if (t->pending.len + len + 1 > t->cfg.max_pending) {
-		t->dropped++; /* bounded: a stalled tsa-daemon never grows kumod */
-	} else {
-		kumo_buf_append(&t->pending, json, len);
-		kumo_buf_putc(&t->pending, '\n');
+	for (size_t i = 0; i < t->npeers; i++) {
+		struct tsa_peer *p = &t->peers[i];
+		if (len + 1 > max / 4) {
+			p->dropped++; /* a record a quarter of the bound: never held */
+			continue;
+		}
+		/* full: a quarter of the oldest goes at once, so a stalled daemon costs a
+		 * memmove per quarter buffer rather than one per record */
+		if (p->pending.len + len + 1 > max)
+			drop_oldest(p, max - max / 4 - len - 1);
+		kumo_buf_append(&p->pending, json, len);
+		kumo_buf_putc(&p->pending, '\n');
 	}
 	pthread_mutex_unlock(&t->lock);
 }
 
-/* One HTTP/1.1 request with Connection: close; the body of a 2xx reply goes to *resp. */
-static int http(struct kumod_tsa *t, const char *method, const char *path, const char *body,
-		size_t blen, struct kumo_buf *resp)
+/* One HTTP/1.1 request with Connection: close; the body of a 2xx reply goes to *resp.
+ * Returns 0, -EBADMSG for a 4xx answer (the request itself is refused), -EPROTO for
+ * another answer, or -errno. */
+static int http(const struct sockaddr_in *addr, const char *method, const char *path,
+		const char *body, size_t blen, struct kumo_buf *resp)
 {
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
 	struct timeval tv = {.tv_sec = 5};
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)); /* connect() too */
 	int err = 0;
-	if (connect(fd, (struct sockaddr *)&t->addr, sizeof(t->addr)) < 0) {
+	if (connect(fd, (const struct sockaddr *)addr, sizeof(*addr)) < 0) {
 		err = -errno;
 		goto out;
 	}
@@ -81,7 +171,7 @@ static int http(struct kumod_tsa *t, const char *method, const char *path, const
 	int status = 0;
 	char *sep = in.data ? strstr(in.data, "\r\n\r\n") : NULL;
 	if (!sep || sscanf(in.data, "HTTP/1.%*d %d", &status) != 1 || status / 100 != 2)
-		err = -EPROTO;
+		err = status / 100 == 4 ? -EBADMSG : -EPROTO;
 	else if (resp)
 		kumo_buf_append(resp, sep + 4, in.len - 1 - (size_t)(sep + 4 - in.data));
 	kumo_buf_free(&in);
@@ -90,27 +180,109 @@ out:
 	return err;
 }
 
-static void publish(struct kumod_tsa *t)
+/* Logs when a tsa-daemon goes away or comes back, not at every failed request. */
+static void note(struct tsa_peer *p, int rc, const char *path)
 {
+	bool away = rc < 0 && rc != -EBADMSG;
+	if (away == p->away)
+		return;
+	p->away = away;
+	if (away)
+		fprintf(stderr,
+			"kumod: tsa-daemon %s unreachable (%s: %s): its records are held "
+			"(at most %zu bytes, oldest dropped) and its last answers stay "
+			"in force\n",
+			p->url, path, strerror(-rc), p->t->cfg.max_pending);
+	else
+		fprintf(stderr, "kumod: tsa-daemon %s reachable again\n", p->url);
+}
+
+/* Bytes per POST: well under tsa-daemon's max_body_size (8 MiB by default), so that a
+ * backlog is posted in several requests rather than refused as one. */
+#define TSA_MAX_POST (1u << 20)
+
+/* The length of the first batch of whole lines of s[0..n): at most TSA_MAX_POST bytes, or
+ * the first line when that is longer. */
+static size_t batch_len(const char *s, size_t n)
+{
+	if (n <= TSA_MAX_POST)
+		return n;
+	const char *nl = memrchr(s, '\n', TSA_MAX_POST);
+	if (!nl)
+		nl = memchr(s, '\n', n);
+	return nl ? (size_t)(nl - s) + 1 : n;
+}
+
+static void publish(struct tsa_peer *p)
+{
+	struct kumod_tsa *t = p->t;
 	pthread_mutex_lock(&t->lock);
-	struct kumo_buf batch = t->pending;
-	memset(&t->pending, 0, sizeof(t->pending));
+	struct kumo_buf batch = p->pending;
+	p->pending = (struct kumo_buf){0};
 	pthread_mutex_unlock(&t->lock);
-	if (batch.len && http(t, "POST", "/publish_log_v1", batch.data, batch.len, NULL) < 0) {
-		/* put it back in front, within the bound, for the next try */
-		pthread_mutex_lock(&t->lock);
-		if (batch.len + t->pending.len <= t->cfg.max_pending) {
-			kumo_buf_append(&batch, t->pending.data, t->pending.len);
-			kumo_buf_free(&t->pending);
-			t->pending = batch;
-			batch = (struct kumo_buf){0};
-		} else {
-			t->dropped++;
-		}
-		pthread_mutex_unlock(&t->lock);
+	size_t off = 0;
+	uint64_t posted = 0, refused = 0;
+	int rc = 0;
+	while (off < batch.len) {
+		size_t n = batch_len(batch.data + off, batch.len - off);
+		rc = http(&p->addr, "POST", "/publish_log_v1", batch.data + off, n, NULL);
+		if (rc < 0 && rc != -EBADMSG)
+			break;
+		/* a batch refused as it is (4xx) is dropped: sending it again would not help */
+		if (rc == 0)
+			posted += count_lines(batch.data + off, n);
+		else
+			refused += count_lines(batch.data + off, n);
+		off += n;
 	}
+	if (batch.len)
+		note(p, rc, "/publish_log_v1");
+	pthread_mutex_lock(&t->lock);
+	p->posted += posted;
+	p->dropped += refused;
+	if (off < batch.len) {
+		/* back in front of what came meanwhile, for the next try, within the bound */
+		kumo_buf_consume(&batch, off);
+		kumo_buf_append(&batch, p->pending.data, p->pending.len);
+		kumo_buf_free(&p->pending);
+		p->pending = batch;
+		batch = (struct kumo_buf){0};
+		drop_oldest(p, t->cfg.max_pending);
+	}
+	pthread_mutex_unlock(&t->lock);
+	if (refused)
+		fprintf(stderr, "kumod: tsa-daemon %s refused %" PRIu64 " records\n", p->url,
+			refused);
 	kumo_buf_free(&batch);
 }
+
+/* Logs the records dropped for p since the last call. */
+static void log_drops(struct tsa_peer *p)
+{
+	pthread_mutex_lock(&p->t->lock);
+	uint64_t dropped = p->dropped;
+	pthread_mutex_unlock(&p->t->lock);
+	if (dropped == p->dropped_logged)
+		return;
+	fprintf(stderr,
+		"kumod: tsa-daemon %s: %" PRIu64 " log records dropped (%" PRIu64 " in all)\n",
+		p->url, dropped - p->dropped_logged, dropped);
+	p->dropped_logged = dropped;
+}
+
+int kumod_tsa_stats(struct kumod_tsa *t, size_t i, struct kumod_tsa_stats *out)
+{
+	if (i >= t->npeers)
+		return -ENOENT;
+	pthread_mutex_lock(&t->lock);
+	*out = (struct kumod_tsa_stats){.pending = t->peers[i].pending.len,
+					.dropped = t->peers[i].dropped,
+					.posted = t->peers[i].posted};
+	pthread_mutex_unlock(&t->lock);
+	return 0;
+}
+
+/* ---- suspended.json and bounced.json ---------------------------------------------------- */
 
 /* "2026-11-25T14:00:00Z" (or with fractional seconds) -> Unix ms; 0 when malformed. */
 static uint64_t rfc3339_ms(const char *s)
@@ -141,12 +313,36 @@ static uint64_t active_until(const struct kumo_json_value *v, uint64_t now_ms)
 	return until > now_ms ? until : 0;
 }
 
-long kumod_tsa_parse_suspensions(const char *json, size_t len, uint64_t now_ms,
-				 struct kumo_suspension *out, size_t cap, char *storage,
-				 size_t cap_storage)
+/* The queue an entry of suspended.json names; list 0 is ready_q, 1 sched_q. */
+static const char *suspended_name(const struct kumo_json_value *v, int list, size_t *sl,
+				  enum kumo_suspend_kind *kind)
+{
+	const char *name;
+	*kind = KUMO_SUSPEND_SITE;
+	if (list == 0) {
+		const char *src = kumo_json_string(kumo_json_get(v, "source"), NULL);
+		/* without an egress pool kumod's ready queue is the site itself */
+		return src && strcmp(src, "unspecified") == 0
+			   ? kumo_json_string(kumo_json_get(v, "site"), sl)
+			   : kumo_json_string(kumo_json_get(v, "site_name"), sl);
+	}
+	*kind = KUMO_SUSPEND_CAMPAIGN;
+	if ((name = kumo_json_string(kumo_json_get(v, "campaign"), sl)))
+		return name;
+	*kind = KUMO_SUSPEND_TENANT;
+	if ((name = kumo_json_string(kumo_json_get(v, "tenant"), sl)) && *sl)
+		return name;
+	*kind = KUMO_SUSPEND_DOMAIN;
+	return kumo_json_string(kumo_json_get(v, "domain"), sl);
+}
+
+/* kumod_tsa_parse_suspensions with storage already used up to *used. */
+static long parse_suspensions(const char *json, size_t len, uint64_t now_ms,
+			      struct kumo_suspension *out, size_t cap, char *storage,
+			      size_t cap_storage, size_t *used)
 {
 	struct kumo_json_doc *doc;
-	size_t end, used = 0, n = 0;
+	size_t end, n = 0;
 	if (kumo_json_parse(json, len, &end, &doc, NULL) < 0)
 		return -EINVAL;
 	const struct kumo_json_value *root = kumo_json_doc_root(doc);
@@ -156,40 +352,32 @@ long kumod_tsa_parse_suspensions(const char *json, size_t len, uint64_t now_ms,
 		for (size_t i = 0; i < kumo_json_count(a) && n < cap; i++) {
 			const struct kumo_json_value *v = kumo_json_at(a, i);
 			uint64_t until = active_until(v, now_ms);
-			if (!until)
-				continue;
 			size_t sl;
-			const char *name = NULL;
-			enum kumo_suspend_kind kind = KUMO_SUSPEND_SITE;
-			if (l == 0) {
-				const char *src = kumo_json_string(kumo_json_get(v, "source"), NULL);
-				/* without an egress pool kumod's ready queue is the site itself */
-				name = src && strcmp(src, "unspecified") == 0
-					       ? kumo_json_string(kumo_json_get(v, "site"), &sl)
-					       : kumo_json_string(kumo_json_get(v, "site_name"), &sl);
-			} else if ((name = kumo_json_string(kumo_json_get(v, "campaign"), &sl))) {
-				kind = KUMO_SUSPEND_CAMPAIGN;
-			} else if ((name = kumo_json_string(kumo_json_get(v, "tenant"), &sl)) && sl) {
-				kind = KUMO_SUSPEND_TENANT;
-			} else {
-				name = kumo_json_string(kumo_json_get(v, "domain"), &sl);
-				kind = KUMO_SUSPEND_DOMAIN;
-			}
-			size_t at = name ? stash(storage, cap_storage, &used, name, sl) : (size_t)-1;
+			enum kumo_suspend_kind kind;
+			const char *name = until ? suspended_name(v, l, &sl, &kind) : NULL;
+			size_t at = name ? stash(storage, cap_storage, used, name, sl) : (size_t)-1;
 			if (at == (size_t)-1)
 				continue;
-			out[n++] = (struct kumo_suspension){.kind = kind, .name = storage + at,
-							    .expires_ms = until};
+			out[n++] = (struct kumo_suspension){
+			    .kind = kind, .name = storage + at, .expires_ms = until};
 		}
 	}
 	kumo_json_doc_free(doc);
 	return (long)n;
 }
 
+long kumod_tsa_parse_suspensions(const char *json, size_t len, uint64_t now_ms,
+				 struct kumo_suspension *out, size_t cap, char *storage,
+				 size_t cap_storage)
+{
+	size_t used = 0;
+	return parse_suspensions(json, len, now_ms, out, cap, storage, cap_storage, &used);
+}
+
 /* A string member of v copied to storage; NULL when absent, null or "", or when storage
  * is full (then *full is set). */
-static const char *stash_member(const struct kumo_json_value *v, const char *key,
-				char *storage, size_t cap, size_t *used, bool *full)
+static const char *stash_member(const struct kumo_json_value *v, const char *key, char *storage,
+				size_t cap, size_t *used, bool *full)
 {
 	size_t n;
 	const char *s = kumo_json_string(kumo_json_get(v, key), &n);
@@ -200,31 +388,291 @@ static const char *stash_member(const struct kumo_json_value *v, const char *key
 	return at == (size_t)-1 ? NULL : storage + at;
 }
 
-long kumod_tsa_parse_bounces(const char *json, size_t len, uint64_t now_ms,
-			     struct kumo_bounce *out, size_t cap, char *storage,
-			     size_t cap_storage)
+/* kumod_tsa_parse_bounces with storage already used up to *used. */
+static long parse_bounces(const char *json, size_t len, uint64_t now_ms, struct kumo_bounce *out,
+			  size_t cap, char *storage, size_t cap_storage, size_t *used)
 {
 	struct kumo_json_doc *doc;
-	size_t end, used = 0, n = 0;
+	size_t end, n = 0;
 	if (kumo_json_parse(json, len, &end, &doc, NULL) < 0)
 		return -EINVAL;
 	const struct kumo_json_value *a = kumo_json_doc_root(doc);
 	for (size_t i = 0; i < kumo_json_count(a) && n < cap; i++) {
 		const struct kumo_json_value *v = kumo_json_at(a, i);
 		bool full = false;
+		size_t mark = *used;
 		struct kumo_bounce b = {
-			.expires_ms = active_until(v, now_ms),
-			.domain = stash_member(v, "domain", storage, cap_storage, &used, &full),
-			.tenant = stash_member(v, "tenant", storage, cap_storage, &used, &full),
-			.campaign = stash_member(v, "campaign", storage, cap_storage, &used, &full),
-			.reason = stash_member(v, "reason", storage, cap_storage, &used, &full)};
+		    .expires_ms = active_until(v, now_ms),
+		    .domain = stash_member(v, "domain", storage, cap_storage, used, &full),
+		    .tenant = stash_member(v, "tenant", storage, cap_storage, used, &full),
+		    .campaign = stash_member(v, "campaign", storage, cap_storage, used, &full),
+		    .reason = stash_member(v, "reason", storage, cap_storage, used, &full)};
 		/* an entry naming no queue would bounce them all: never from tsa-daemon */
 		if (b.expires_ms && !full && (b.domain || b.tenant || b.campaign))
 			out[n++] = b;
+		else
+			*used = mark; /* its strings are not kept */
 	}
 	kumo_json_doc_free(doc);
 	return (long)n;
 }
+
+long kumod_tsa_parse_bounces(const char *json, size_t len, uint64_t now_ms, struct kumo_bounce *out,
+			     size_t cap, char *storage, size_t cap_storage)
+{
+	size_t used = 0;
+	return parse_bounces(json, len, now_ms, out, cap, storage, cap_storage, &used);
+}
+
+/* Parses each document after the entries already stored: suspensions into s, or bounces
+ * into b. A document that does not parse adds nothing. Returns the count stored. */
+static size_t union_of(const char *const *docs, size_t ndocs, uint64_t now_ms,
+		       struct kumo_suspension *s, struct kumo_bounce *b, size_t cap, char *storage,
+		       size_t cap_storage)
+{
+	size_t n = 0, used = 0;
+	for (size_t i = 0; i < ndocs; i++) {
+		if (!docs[i])
+			continue;
+		size_t len = strlen(docs[i]);
+		long got = s ? parse_suspensions(docs[i], len, now_ms, s + n, cap - n, storage,
+						 cap_storage, &used)
+			     : parse_bounces(docs[i], len, now_ms, b + n, cap - n, storage,
+					     cap_storage, &used);
+		n += got > 0 ? (size_t)got : 0;
+	}
+	return n;
+}
+
+long kumod_tsa_union_suspensions(const char *const *docs, size_t ndocs, uint64_t now_ms,
+				 struct kumo_suspension *out, size_t cap, char *storage,
+				 size_t cap_storage)
+{
+	size_t n = union_of(docs, ndocs, now_ms, out, NULL, cap, storage, cap_storage), kept = 0;
+	for (size_t i = 0; i < n; i++) {
+		size_t j = 0;
+		while (j < kept &&
+		       (out[j].kind != out[i].kind || strcasecmp(out[j].name, out[i].name)))
+			j++;
+		if (j == kept)
+			out[kept++] = out[i];
+		else if (out[i].expires_ms > out[j].expires_ms)
+			out[j].expires_ms = out[i].expires_ms;
+	}
+	return (long)kept;
+}
+
+long kumod_tsa_union_bounces(const char *const *docs, size_t ndocs, uint64_t now_ms,
+			     struct kumo_bounce *out, size_t cap, char *storage, size_t cap_storage)
+{
+	return (long)union_of(docs, ndocs, now_ms, NULL, out, cap, storage, cap_storage);
+}
+
+/* ---- shaping overlays -------------------------------------------------------------------- */
+
+/* The [header] of the table being written: its keys from the root. */
+struct keypath {
+	size_t n;
+	const char *s[KUMO_TOML_MAX_DEPTH + 1];
+	size_t len[KUMO_TOML_MAX_DEPTH + 1];
+};
+
+/* A TOML basic string (keys are always written quoted too). */
+static void put_quoted(struct kumo_buf *b, const char *s, size_t n)
+{
+	kumo_buf_putc(b, '"');
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '"' || c == '\\')
+			kumo_buf_putc(b, '\\');
+		if (c < 0x20 || c == 0x7f)
+			kumo_buf_printf(b, "\\u%04X", c);
+		else
+			kumo_buf_putc(b, (char)c);
+	}
+	kumo_buf_putc(b, '"');
+}
+
+static void put_value(struct kumo_buf *b, const struct kumo_toml_value *v);
+
+/* key = value of the i-th member of table t. */
+static void put_member(struct kumo_buf *b, const struct kumo_toml_value *t, size_t i)
+{
+	size_t kl;
+	const char *k = kumo_toml_keyn_at(t, i, &kl);
+	put_quoted(b, k, kl);
+	kumo_buf_puts(b, " = ");
+	put_value(b, kumo_toml_at(t, i));
+}
+
+static void put_float(struct kumo_buf *b, double d)
+{
+	char s[40];
+	if (isnan(d) || isinf(d)) {
+		kumo_buf_puts(b, isnan(d) ? "nan" : d < 0 ? "-inf" : "inf");
+		return;
+	}
+	snprintf(s, sizeof(s), "%.17g", d);
+	kumo_buf_puts(b, s);
+	if (!strpbrk(s, ".eE"))
+		kumo_buf_puts(b, ".0");
+}
+
+/* A value in TOML inline syntax; tables (in arrays) as inline tables. */
+static void put_value(struct kumo_buf *b, const struct kumo_toml_value *v)
+{
+	size_t n;
+	const char *s;
+	int64_t i;
+	double d;
+	bool yes;
+	enum kumo_toml_type type = kumo_toml_type(v);
+	switch (type) {
+	case KUMO_TOML_STRING:
+		s = kumo_toml_string(v, &n);
+		put_quoted(b, s, n);
+		break;
+	case KUMO_TOML_INTEGER:
+		kumo_toml_int(v, &i);
+		kumo_buf_printf(b, "%" PRId64, i);
+		break;
+	case KUMO_TOML_FLOAT:
+		kumo_toml_float(v, &d);
+		put_float(b, d);
+		break;
+	case KUMO_TOML_BOOL:
+		kumo_toml_bool(v, &yes);
+		kumo_buf_puts(b, yes ? "true" : "false");
+		break;
+	case KUMO_TOML_DATETIME:
+		kumo_buf_puts(b, kumo_toml_string(v, NULL));
+		break;
+	case KUMO_TOML_ARRAY:
+	case KUMO_TOML_TABLE:
+		kumo_buf_putc(b, type == KUMO_TOML_ARRAY ? '[' : '{');
+		for (size_t k = 0; k < kumo_toml_count(v); k++) {
+			if (k)
+				kumo_buf_puts(b, ", ");
+			if (type == KUMO_TOML_ARRAY)
+				put_value(b, kumo_toml_at(v, k));
+			else
+				put_member(b, v, k);
+		}
+		kumo_buf_putc(b, type == KUMO_TOML_ARRAY ? ']' : '}');
+		break;
+	}
+}
+
+static bool is_table(const struct kumo_toml_value *v)
+{
+	return v && kumo_toml_type(v) == KUMO_TOML_TABLE;
+}
+
+static const struct kumo_toml_value *member(const struct kumo_toml_value *t, const char *k,
+					    size_t kl)
+{
+	return t ? kumo_toml_getn(t, k, kl) : NULL;
+}
+
+/* Gathers what the documents' tables tabs[0..n) hold under key: in sub[], the tables
+ * since the last document that gives key another type. Returns that other value when
+ * the last document to have key gives it, else NULL. */
+static const struct kumo_toml_value *gather(const struct kumo_toml_value *const *tabs, size_t n,
+					    const char *k, size_t kl,
+					    const struct kumo_toml_value **sub)
+{
+	const struct kumo_toml_value *leaf = NULL;
+	for (size_t j = 0; j < n; j++) {
+		const struct kumo_toml_value *v = member(tabs[j], k, kl);
+		sub[j] = is_table(v) ? v : NULL;
+		if (v && !is_table(v)) {
+			leaf = v;
+			memset(sub, 0, j * sizeof(*sub)); /* a later value replaces tables */
+		} else if (v) {
+			leaf = NULL;
+		}
+	}
+	return leaf;
+}
+
+static void put_header(struct kumo_buf *b, const struct keypath *kp)
+{
+	kumo_buf_puts(b, "\n[");
+	for (size_t i = 0; i < kp->n; i++) {
+		if (i)
+			kumo_buf_putc(b, '.');
+		put_quoted(b, kp->s[i], kp->len[i]);
+	}
+	kumo_buf_puts(b, "]\n");
+}
+
+static void merge_table(const struct kumo_toml_value *const *tabs, size_t n, struct keypath *kp,
+			struct kumo_buf *out);
+
+/* Writes key of tabs[i] unless an earlier document has it (it was written then): its
+ * value in pass 0, or in pass 1 its [header] and the merge of its tables. */
+static void merge_key(const struct kumo_toml_value *const *tabs, size_t n, size_t i,
+		      const char *key, size_t kl, int pass, struct keypath *kp,
+		      struct kumo_buf *out)
+{
+	const struct kumo_toml_value *sub[KUMOD_TSA_MAX_DAEMONS];
+	for (size_t j = 0; j < i; j++)
+		if (member(tabs[j], key, kl))
+			return;
+	const struct kumo_toml_value *leaf = gather(tabs, n, key, kl, sub);
+	if (pass == 0 && leaf) {
+		put_quoted(out, key, kl);
+		kumo_buf_puts(out, " = ");
+		put_value(out, leaf);
+		kumo_buf_putc(out, '\n');
+	} else if (pass == 1 && !leaf && kp->n < KUMO_TOML_MAX_DEPTH) {
+		kp->s[kp->n] = key;
+		kp->len[kp->n++] = kl;
+		put_header(out, kp);
+		merge_table(sub, n, kp, out);
+		kp->n--;
+	}
+}
+
+/* Writes the merge of tabs[0..n) (NULL: absent in that document): first the values of
+ * the table at kp, then each sub-table under its [header], keys in the order of the first
+ * document that has them. */
+static void merge_table(const struct kumo_toml_value *const *tabs, size_t n, struct keypath *kp,
+			struct kumo_buf *out)
+{
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t i = 0; i < n; i++)
+			for (size_t k = 0; k < kumo_toml_count(tabs[i]); k++) {
+				size_t kl;
+				const char *key = kumo_toml_keyn_at(tabs[i], k, &kl);
+				merge_key(tabs, n, i, key, kl, pass, kp, out);
+			}
+}
+
+int kumod_tsa_merge_overlays(const char *const *docs, size_t ndocs, struct kumo_buf *out, char *err,
+			     size_t errcap)
+{
+	struct kumo_toml_doc *parsed[KUMOD_TSA_MAX_DAEMONS] = {0};
+	const struct kumo_toml_value *roots[KUMOD_TSA_MAX_DAEMONS] = {0};
+	int rc = ndocs > KUMOD_TSA_MAX_DAEMONS ? -E2BIG : 0;
+	for (size_t i = 0; !rc && i < ndocs; i++) {
+		struct kumo_toml_error te;
+		if (docs[i] && (rc = kumo_toml_parse(docs[i], strlen(docs[i]), &parsed[i], &te))) {
+			char name[32];
+			snprintf(name, sizeof(name), "<overlay %zu>", i + 1);
+			kumo_toml_format_error(&te, name, err, errcap);
+		}
+		roots[i] = parsed[i] ? kumo_toml_root(parsed[i]) : NULL;
+	}
+	struct keypath kp = {0};
+	if (!rc)
+		merge_table(roots, ndocs, &kp, out);
+	for (size_t i = 0; i < ndocs && i < KUMOD_TSA_MAX_DAEMONS; i++)
+		kumo_toml_free(parsed[i]);
+	return rc ? rc : out->oom ? -ENOMEM : 0;
+}
+
+/* ---- polling and applying ---------------------------------------------------------------- */
 
 static uint64_t now_ms(void)
 {
@@ -233,30 +681,12 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Applies text if it differs from *last; returns true when it changed. */
-static bool changed(char **last, const struct kumo_buf *b)
-{
-	if (*last && strlen(*last) == b->len && memcmp(*last, b->data, b->len) == 0)
-		return false;
-	free(*last);
-	*last = strndup(b->data ? b->data : "", b->len);
-	return true;
-}
+#define TSA_MAX_ENTRIES 4096
+#define TSA_STORAGE (2u << 20)
 
-/* GETs path into b; true when it answered with something else than *last (kept). */
-static bool fetch_changed(struct kumod_tsa *t, const char *path, char **last,
-			  struct kumo_buf *b)
-{
-	b->len = 0;
-	return http(t, "GET", path, NULL, 0, b) == 0 && changed(last, b);
-}
-
-#define TSA_MAX_ENTRIES 1024
-#define TSA_STORAGE (1u << 20)
-
-/* Parses suspended.json (bounces false) or bounced.json and gives the result to the
- * engine. 0, or -errno when it could not be applied. */
-static int apply_list(struct kumod_tsa *t, const struct kumo_buf *b, bool bounces)
+/* Gives the engine the union of every daemon's suspended.json (bounces false) or
+ * bounced.json. 0, or -errno when it could not be applied. */
+static int apply_list(struct kumod_tsa *t, const char *const *docs, bool bounces)
 {
 	union {
 		struct kumo_suspension s[TSA_MAX_ENTRIES];
@@ -265,52 +695,111 @@ static int apply_list(struct kumod_tsa *t, const struct kumo_buf *b, bool bounce
 	if (!v)
 		return -ENOMEM;
 	char *storage = (char *)(v + 1);
-	long n = bounces ? kumod_tsa_parse_bounces(b->data, b->len, now_ms(), v->b,
-						   TSA_MAX_ENTRIES, storage, TSA_STORAGE)
-			 : kumod_tsa_parse_suspensions(b->data, b->len, now_ms(), v->s,
-						       TSA_MAX_ENTRIES, storage, TSA_STORAGE);
-	int rc = n < 0	   ? (int)n
-		 : bounces ? kumo_engine_set_bounces(t->e, v->b, (size_t)n)
-			   : kumo_engine_set_suspensions(t->e, v->s, (size_t)n);
+	uint64_t now = now_ms();
+	int rc = bounces ? kumo_engine_set_bounces(t->e, v->b,
+						   (size_t)kumod_tsa_union_bounces(
+						       docs, t->npeers, now, v->b, TSA_MAX_ENTRIES,
+						       storage, TSA_STORAGE))
+			 : kumo_engine_set_suspensions(t->e, v->s,
+						       (size_t)kumod_tsa_union_suspensions(
+							   docs, t->npeers, now, v->s,
+							   TSA_MAX_ENTRIES, storage, TSA_STORAGE));
 	free(v);
 	return rc;
 }
 
-static void poll_tsa(struct kumod_tsa *t)
+/* Gives the engine the merge of every daemon's overlay. */
+static int apply_overlay(struct kumod_tsa *t, const char *const *docs, char *err, size_t errcap)
 {
 	struct kumo_buf b = {0};
-	char err[512];
-	if (fetch_changed(t, "/get_config_v1/shaping.toml", &t->overlay, &b)) {
-		int rc = kumo_engine_set_shaping_overlay(t->e, b.data ? b.data : "", b.len, err,
-							 sizeof(err));
-		if (rc < 0)
-			fprintf(stderr, "kumod: tsa-daemon shaping overlay refused: %s\n", err);
+	int rc = kumod_tsa_merge_overlays(docs, t->npeers, &b, err, errcap);
+	if (!rc)
+		rc =
+		    kumo_engine_set_shaping_overlay(t->e, b.data ? b.data : "", b.len, err, errcap);
+	kumo_buf_free(&b);
+	return rc;
+}
+
+/* Combines document d of every daemon and gives it to the engine. Under t->conf_lock. */
+static void apply(struct kumod_tsa *t, int d)
+{
+	const char *docs[KUMOD_TSA_MAX_DAEMONS];
+	char err[512] = "";
+	for (size_t i = 0; i < t->npeers; i++)
+		docs[i] = t->peers[i].docs[d];
+	int rc = d == DOC_OVERLAY ? apply_overlay(t, docs, err, sizeof(err))
+				  : apply_list(t, docs, d == DOC_BOUNCES);
+	t->retry[d] = rc < 0 && rc != -EINVAL; /* a refusal stays one until an answer changes */
+	if (rc < 0)
+		fprintf(stderr, "kumod: tsa-daemons' %s not applied: %s\n", doc_paths[d],
+			*err ? err : strerror(-rc));
+}
+
+/* Whether answer b of p for document d can be used on its own; says why not, once for
+ * each refused answer. */
+static bool usable(struct tsa_peer *p, int d, const struct kumo_buf *b)
+{
+	const char *text = b->data ? b->data : "";
+	char err[512] = "not valid JSON";
+	int rc;
+	if (d == DOC_OVERLAY) {
+		struct kumo_shaping_text st = {.name = p->url, .data = text, .len = b->len};
+		struct kumo_shaping *sh = NULL;
+		rc = kumo_shaping_load_texts(&st, 1, &sh, err, sizeof(err));
+		kumo_shaping_free(sh);
+	} else {
+		struct kumo_json_doc *doc = NULL;
+		rc = kumo_json_parse(text, b->len, NULL, &doc, NULL);
+		kumo_json_doc_free(doc);
 	}
-	static const struct {
-		const char *path;
-		size_t last; /* offset of the text last applied in struct kumod_tsa */
-		bool bounces;
-	} lists[] = {
-		{"/get_suspension_v1/suspended.json", offsetof(struct kumod_tsa, suspensions), false},
-		{"/get_bounce_v1/bounced.json", offsetof(struct kumod_tsa, bounces), true},
-	};
-	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
-		char **last = (char **)((char *)t + lists[i].last);
-		int rc = fetch_changed(t, lists[i].path, last, &b) ? apply_list(t, &b, lists[i].bounces)
-								   : 0;
-		if (rc < 0) {
-			fprintf(stderr, "kumod: tsa-daemon %s not applied: %s\n", lists[i].path,
-				strerror(-rc));
-			free(*last); /* tried again at the next poll */
-			*last = NULL;
-		}
+	uint32_t crc = kumo_crc32c(0, text, b->len) | 1; /* 0: nothing refused yet */
+	if (rc < 0 && crc != p->refused[d])
+		fprintf(stderr, "kumod: tsa-daemon %s: %s refused, its previous answer stays: %s\n",
+			p->url, doc_paths[d], err);
+	p->refused[d] = rc < 0 ? crc : 0;
+	return rc == 0;
+}
+
+static bool same(const char *last, const struct kumo_buf *b)
+{
+	return last && strlen(last) == b->len && memcmp(last, b->data, b->len) == 0;
+}
+
+/* *last = b's text; false when memory ran out (tried again at the next poll). */
+static bool replace(char **last, const struct kumo_buf *b)
+{
+	char *copy = strndup(b->data ? b->data : "", b->len);
+	if (!copy)
+		return false;
+	free(*last);
+	*last = copy;
+	return true;
+}
+
+static void poll_peer(struct tsa_peer *p)
+{
+	struct kumod_tsa *t = p->t;
+	struct kumo_buf b = {0};
+	for (int d = 0; d < NDOCS; d++) {
+		b.len = 0;
+		int rc = http(&p->addr, "GET", doc_paths[d], NULL, 0, &b);
+		note(p, rc, doc_paths[d]);
+		if (rc < 0 || b.oom)
+			continue; /* unreachable: its last answer stays in force */
+		/* p->docs are written by this thread only: read without the lock */
+		bool changed = !same(p->docs[d], &b) && usable(p, d, &b);
+		pthread_mutex_lock(&t->conf_lock);
+		if ((changed && replace(&p->docs[d], &b)) || t->retry[d])
+			apply(t, d);
+		pthread_mutex_unlock(&t->conf_lock);
 	}
 	kumo_buf_free(&b);
 }
 
 static void *run(void *arg)
 {
-	struct kumod_tsa *t = arg;
+	struct tsa_peer *p = arg;
+	struct kumod_tsa *t = p->t;
 	uint64_t next_poll = 0;
 	pthread_mutex_lock(&t->lock);
 	while (!t->stop) {
@@ -318,39 +807,64 @@ static void *run(void *arg)
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_sec += 1;
 		pthread_cond_timedwait(&t->cond, &t->lock, &ts);
+		if (t->stop)
+			break;
 		pthread_mutex_unlock(&t->lock);
-		publish(t);
+		publish(p);
 		if (now_ms() >= next_poll) {
-			poll_tsa(t);
+			poll_peer(p);
+			log_drops(p);
 			next_poll = now_ms() + t->cfg.poll_ms;
 		}
 		pthread_mutex_lock(&t->lock);
 	}
 	pthread_mutex_unlock(&t->lock);
-	publish(t);
+	publish(p);
+	log_drops(p);
 	return NULL;
+}
+
+/* ---- life cycle ---------------------------------------------------------------------------- */
+
+static void free_tsa(struct kumod_tsa *t)
+{
+	for (size_t i = 0; i < t->npeers; i++) {
+		struct tsa_peer *p = &t->peers[i];
+		kumo_buf_free(&p->pending);
+		for (int d = 0; d < NDOCS; d++)
+			free(p->docs[d]);
+		free(p->url);
+	}
+	pthread_mutex_destroy(&t->lock);
+	pthread_mutex_destroy(&t->conf_lock);
+	pthread_cond_destroy(&t->cond);
+	free(t);
 }
 
 int kumod_tsa_new(const struct kumod_tsa_cfg *cfg, struct kumod_tsa **out)
 {
-	char host[64];
-	unsigned port;
-	if (!cfg->url || sscanf(cfg->url, "http://%63[0-9.]:%u", host, &port) != 2 || port > 65535)
+	size_t at;
+	if (!cfg->nurls || kumod_tsa_check_urls(cfg->urls, cfg->nurls, &at) < 0)
 		return -EINVAL;
-	struct kumod_tsa *t = calloc(1, sizeof(*t));
+	struct kumod_tsa *t = calloc(1, sizeof(*t) + cfg->nurls * sizeof(t->peers[0]));
 	if (!t)
 		return -ENOMEM;
 	t->cfg = *cfg;
+	t->cfg.urls = NULL;
 	t->cfg.poll_ms = cfg->poll_ms ? cfg->poll_ms : 5000;
 	t->cfg.max_pending = cfg->max_pending ? cfg->max_pending : 16u << 20;
-	t->addr.sin_family = AF_INET;
-	t->addr.sin_port = htons((uint16_t)port);
-	if (inet_pton(AF_INET, host, &t->addr.sin_addr) != 1) {
-		free(t);
-		return -EINVAL;
-	}
 	pthread_mutex_init(&t->lock, NULL);
+	pthread_mutex_init(&t->conf_lock, NULL);
 	pthread_cond_init(&t->cond, NULL);
+	for (; t->npeers < cfg->nurls; t->npeers++) {
+		struct tsa_peer *p = &t->peers[t->npeers];
+		p->t = t;
+		kumod_tsa_parse_url(cfg->urls[t->npeers], &p->addr);
+		if (!(p->url = strdup(cfg->urls[t->npeers]))) {
+			free_tsa(t);
+			return -ENOMEM;
+		}
+	}
 	*out = t;
 	return 0;
 }
@@ -358,10 +872,15 @@ int kumod_tsa_new(const struct kumod_tsa_cfg *cfg, struct kumod_tsa **out)
 int kumod_tsa_start(struct kumod_tsa *t, struct kumo_engine *e)
 {
 	t->e = e;
-	int err = pthread_create(&t->thread, NULL, run, t);
-	if (err)
-		return -err;
-	t->running = true;
+	for (size_t i = 0; i < t->npeers; i++) {
+		int err = pthread_create(&t->peers[i].thread, NULL, run, &t->peers[i]);
+		if (err)
+			return -err; /* kumod_tsa_stop() joins those that started */
+		t->peers[i].running = true;
+		fprintf(stderr,
+			"kumod: tsa-daemon %s: publishing log records, polling every %u ms\n",
+			t->peers[i].url, t->cfg.poll_ms);
+	}
 	return 0;
 }
 
@@ -371,18 +890,17 @@ void kumod_tsa_stop(struct kumod_tsa *t)
 		return;
 	pthread_mutex_lock(&t->lock);
 	t->stop = true;
-	pthread_cond_signal(&t->cond);
+	pthread_cond_broadcast(&t->cond);
 	pthread_mutex_unlock(&t->lock);
-	if (t->running)
-		pthread_join(t->thread, NULL);
-	if (t->dropped)
-		fprintf(stderr, "kumod: %llu log batches for tsa-daemon were dropped\n",
-			(unsigned long long)t->dropped);
-	kumo_buf_free(&t->pending);
-	free(t->overlay);
-	free(t->suspensions);
-	free(t->bounces);
-	pthread_mutex_destroy(&t->lock);
-	pthread_cond_destroy(&t->cond);
-	free(t);
+	for (size_t i = 0; i < t->npeers; i++) {
+		struct tsa_peer *p = &t->peers[i];
+		if (p->running)
+			pthread_join(p->thread, NULL);
+		if (p->pending.len) /* the last post failed too */
+			fprintf(stderr,
+				"kumod: tsa-daemon %s: %" PRIu64 " log records never "
+				"posted\n",
+				p->url, count_lines(p->pending.data, p->pending.len));
+	}
+	free_tsa(t);
 }

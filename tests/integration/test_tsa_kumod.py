@@ -15,12 +15,13 @@ import time
 from conftest import KUMOD
 from test_tsa import Tsa
 
-RULES = r'''
-[["tss.test".automation]]
-regex = "\\[TSS04\\]"
-action = "Suspend"
-duration = "8s"
-'''
+def rule(domain, tag, action, duration):
+    """A shaping file with one automation rule: action when a response has [tag]."""
+    return ('[["%s".automation]]\nregex = "\\\\[%s\\\\]"\naction = "%s"\nduration = "%s"\n'
+            % (domain, tag, action, duration))
+
+
+RULES = rule("tss.test", "TSS04", "Suspend", "8s")
 
 
 class Sink:
@@ -87,15 +88,20 @@ def send(k, rcpt):
     s.quit()
 
 
+def kumod_two_sites(kumod, bad, good, tsa_keys):
+    """A kumod that retries every second, routes tss.test to the sink bad and other.test
+    to good, and has [tsa] with tsa_keys and a one-second poll."""
+    return kumod(extra='[delivery]\nretry_interval = "1s"\nmax_retry_interval = "1s"\n'
+                       '[routing.domains]\n"tss.test" = "127.0.0.1:%d"\n'
+                       '"other.test" = "127.0.0.1:%d"\n[tsa]\n%s\npoll_interval = "1s"\n'
+                 % (bad.port, good.port, tsa_keys))
+
+
 def test_tsa_suspends_a_deferring_site_and_others_flow(kumod, tmp_path):
     tsa = Tsa(tmp_path / "tsa", shaping=RULES).start()
     bad, good = Sink(defer=True), Sink()
     try:
-        k = kumod(extra='[delivery]\nretry_interval = "1s"\nmax_retry_interval = "1s"\n'
-                        '[routing.domains]\n"tss.test" = "127.0.0.1:%d"\n'
-                        '"other.test" = "127.0.0.1:%d"\n'
-                        '[tsa]\nurl = "http://127.0.0.1:%d"\npoll_interval = "1s"\n'
-                  % (bad.port, good.port, tsa.port))
+        k = kumod_two_sites(kumod, bad, good, 'url = "http://127.0.0.1:%d"' % tsa.port)
         send(k, "u@tss.test")
         # the deferral is published, the rule fires, kumod applies the suspension
         deadline = time.time() + 15
@@ -130,12 +136,7 @@ def test_tsa_suspends_a_deferring_site_and_others_flow(kumod, tmp_path):
         good.sock.close()
 
 
-BOUNCE_RULES = r"""
-[["bnc.test".automation]]
-regex = "\\[BNC01\\]"
-action = "Bounce"
-duration = "5m"
-"""
+BOUNCE_RULES = rule("bnc.test", "BNC01", "Bounce", "5m")
 
 
 def bounced_json(tsa):
@@ -235,3 +236,66 @@ def test_tsa_bounce_fails_waiting_and_new_messages(kumod, tmp_path):
         tsa.stop()
         for s in (bad, good, back):
             s.sock.close()
+
+
+LONG_SUSPEND = rule("tss.test", "TSS04", "Suspend", "5m")
+
+
+def records_published(tsa):
+    """tsa_records_total of a tsa-daemon: the log records it received."""
+    status, _, body = tsa.request("GET", "/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith("tsa_records_total "):
+            return int(line.split()[1])
+    raise AssertionError("no tsa_records_total in /metrics")
+
+
+def rcpts_in(sink, seconds):
+    n = len(sink.rcpts)
+    time.sleep(seconds)
+    return len(sink.rcpts) - n
+
+
+def test_several_tsa_daemons(kumod, tmp_path):
+    """kumod publishes to every tsa-daemon in urls, a down one included, and applies a
+    suspension that only the last one serves; stopping that daemon does not lift it."""
+    from conftest import free_port
+    quiet = Tsa(tmp_path / "tsa-a", shaping="# no rules\n").start()
+    rules = Tsa(tmp_path / "tsa-b", shaping=LONG_SUSPEND).start()
+    down = free_port()  # nothing listens here
+    bad, good = Sink(defer=True), Sink()
+    try:
+        k = kumod_two_sites(kumod, bad, good,
+                            'urls = ["http://127.0.0.1:%d", "http://127.0.0.1:%d",\n'
+                            '        "http://127.0.0.1:%d"]' % (quiet.port, down, rules.port))
+        send(k, "u@tss.test")
+        # only the second tsa-daemon has the rule: it suspends the site, the first does not
+        assert wait_for(lambda: rules.suspensions()["ready_q"], 15), rules.suspensions()
+        assert quiet.suspensions() == {"ready_q": [], "sched_q": []}
+        # kumod applies it within a poll or two: the retries every second stop
+        assert wait_for(lambda: rcpts_in(bad, 2.5) == 0, 15), len(bad.rcpts)
+        # other sites keep flowing
+        for i in range(3):
+            send(k, "v%d@other.test" % i)
+        assert wait_for(lambda: good.delivered == 3, 10), good.delivered
+        # every record reached both live tsa-daemons, the down one in the way or not
+        mine = lambda: len(k.records())
+        assert wait_for(lambda: records_published(quiet) == mine() >= 5, 10), \
+            (records_published(quiet), mine())
+        assert wait_for(lambda: records_published(rules) == mine(), 10), \
+            (records_published(rules), mine())
+        assert "tsa-daemon http://127.0.0.1:%d unreachable" % down in k.log_text()
+        # the daemon that serves the suspension goes away: kumod keeps its last answer
+        # (the suspension lasts 5 minutes), so the site stays suspended
+        rules.stop()
+        assert wait_for(lambda: "tsa-daemon http://127.0.0.1:%d unreachable" % rules.port
+                        in k.log_text(), 10), k.log_text()
+        assert rcpts_in(bad, 3.5) == 0
+        assert not [r for r in k.records() if r["type"] == "Delivery"
+                    and r["recipient"].endswith("@tss.test")]
+    finally:
+        quiet.stop()
+        rules.stop()
+        bad.sock.close()
+        good.sock.close()
