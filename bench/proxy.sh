@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # SOCKS5 relay benchmark: socks-bench sends 100 KB messages (each acknowledged by its sink,
 # like SMTP's DATA) and a bulk stream, straight to the sink and through kumoproxy, on
-# loopback; prints the median MB/s of REPEAT runs of each.
-# usage: bench/proxy.sh [MESSAGES] [SIZE] [CONNECTIONS] [THREADS] [RELAY copy|splice]
+# loopback; prints the median MB/s of REPEAT runs of each, and the proxy's CPU time.
+# usage: bench/proxy.sh [MESSAGES] [SIZE] [CONNECTIONS] [THREADS] [RELAY splice|copy]
 # env: REPEAT (5), BULK_MB (500 per connection), BULK_CONNS (10), PROXY_ARGS, BUILD (build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-n=${1:-40000} size=${2:-102400} conns=${3:-50} threads=${4:-2} relay=${5:-copy}
+n=${1:-40000} size=${2:-102400} conns=${3:-50} threads=${4:-2} relay=${5:-splice}
 repeat=${REPEAT:-5} bulk_mb=${BULK_MB:-500} bulk_conns=${BULK_CONNS:-10}
 build=${BUILD:-build}
 proxy=$build/daemons/kumoproxy/kumoproxy bench=$build/bench/socks-bench
@@ -53,6 +53,9 @@ for _ in $(seq "$repeat"); do
 	"$bench" --json -c "$bulk_conns" --bulk "$bulk_mb"
 	"$bench" --json --proxy "127.0.0.1:$port" -c "$bulk_conns" --bulk "$bulk_mb"
 done | summarize "bulk, $bulk_conns connections x $bulk_mb MB"
+# the proxy's CPU time (user + system, all its threads) over all the proxied runs
+awk -v hz="$(getconf CLK_TCK)" '{printf "# kumoproxy cpu: %.2f s (user %.2f, system %.2f)\n",
+	($14 + $15) / hz, $14 / hz, $15 / hz}' "/proc/$pid/stat"
 kill -USR1 $pid
 sleep 0.2
 grep -E '^kumoproxy_(relays_total|bytes_client_to_target_total) ' "$dir/proxy.err" | sed 's/^/# /'

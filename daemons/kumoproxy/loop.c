@@ -1,7 +1,7 @@
 /* kumoproxy's io_uring loop, one per thread: a SO_REUSEPORT listener with multishot accept,
  * the SOCKS5 handshake through libkumo's socks5 machine, the outbound connect with a linked
- * timeout, the relay both ways (recv/send through fixed per-connection buffers, or splice
- * through pipes), half-close, timeouts, session records and counters. */
+ * timeout, the relay both ways (recv/send through fixed per-connection buffers, or polls
+ * and splice(2) through pipes), half-close, timeouts, session records and counters. */
 #include "proxy.h"
 
 #include <errno.h>
@@ -33,14 +33,14 @@ enum op {
 	OP_STOP,       /* eventfd read: stop requested */
 	OP_TICK,       /* the once-a-second timer */
 	OP_LOG,	       /* write of session records */
-	OP_IGNORED,    /* cancel requests, polls ahead of a splice: completions ignored */
+	OP_IGNORED,    /* cancel requests: completions ignored */
 	OP_HS_RECV,    /* handshake bytes from the client into the machine */
 	OP_HS_SEND,    /* handshake replies to the client */
 	OP_CONNECT,    /* outbound connect */
 	OP_CONNECT_TO, /* its linked timeout */
 	OP_LINGER,     /* after a failure reply: reading until the client closes */
-	OP_RECV,       /* relay: read from a direction's source (copy) or into its pipe (splice) */
-	OP_SEND,       /* relay: write to a direction's sink (copy) or from its pipe (splice) */
+	OP_RECV,       /* relay: recv from a direction's source (copy), or poll it (splice) */
+	OP_SEND,       /* relay: send to a direction's sink (copy), or poll it (splice) */
 };
 
 /* user_data: op (8 bits) | direction (1 bit) | slot (23 bits) | generation (32 bits). */
@@ -79,6 +79,7 @@ struct sess {
 	bool hs_sending;       /* OP_HS_SEND in flight */
 	bool relayed;	       /* the CONNECT succeeded */
 	bool auth_failed;      /* credentials refused */
+	bool splice;	       /* the relay moves bytes through pipes (see start_relay) */
 	int cfd, tfd;	       /* client and target sockets; -1 when none */
 	unsigned inflight;     /* submitted ops not yet completed */
 	struct kumo_socks5 *m; /* the handshake machine, until the slot is freed */
@@ -711,25 +712,26 @@ static int dst_fd(const struct sess *s, unsigned d)
 	return d == 0 ? s->tfd : s->cfd;
 }
 
+/* Copy mode: recv into the direction's buffer. Splice mode: wait until the source is
+ * readable; splice_in() moves the bytes then. */
 static void relay_recv(struct kproxy_loop *l, struct sess *s, unsigned d)
 {
 	struct io_uring_sqe *sqe = get_sqe(l);
-	if (l->cfg->relay == KPROXY_RELAY_SPLICE)
-		io_uring_prep_splice(sqe, src_fd(s, d), -1, s->d[d].pipe[1], -1, PIPE_SIZE,
-				     SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	if (s->splice)
+		io_uring_prep_poll_add(sqe, src_fd(s, d), POLLIN);
 	else
 		io_uring_prep_recv(sqe, src_fd(s, d), s->d[d].buf, l->cfg->buffer, 0);
 	io_uring_sqe_set_data64(sqe, mkud(OP_RECV, d, slot_of(l, s), s->gen));
 	s->inflight++;
 }
 
+/* Copy mode: send the rest of the buffer. Splice mode: wait until the sink is writable. */
 static void relay_send(struct kproxy_loop *l, struct sess *s, unsigned d)
 {
 	struct dir *x = &s->d[d];
 	struct io_uring_sqe *sqe = get_sqe(l);
-	if (l->cfg->relay == KPROXY_RELAY_SPLICE)
-		io_uring_prep_splice(sqe, x->pipe[0], -1, dst_fd(s, d), -1, x->len,
-				     SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	if (s->splice)
+		io_uring_prep_poll_add(sqe, dst_fd(s, d), POLLOUT);
 	else
 		io_uring_prep_send(sqe, dst_fd(s, d), x->buf + x->off, x->len - x->off,
 				   MSG_NOSIGNAL);
@@ -737,54 +739,108 @@ static void relay_send(struct kproxy_loop *l, struct sess *s, unsigned d)
 	s->inflight++;
 }
 
-/* Splice mode: a poll for readiness, linked to the splice prepared next (only that one's
- * completion counts). */
-static void poll_then(struct kproxy_loop *l, struct sess *s, unsigned d, bool in)
+static void dir_eof(struct kproxy_loop *l, struct sess *s, unsigned d);
+
+/* Splice mode: the pipe into the sink, called directly (io_uring would run each splice in
+ * a worker thread: a wakeup and two context switches per call). Waits for POLLOUT while
+ * the sink is full, and for the source once the pipe is empty. */
+static void splice_out(struct kproxy_loop *l, struct sess *s, unsigned d)
 {
-	struct io_uring_sqe *sqe;
-	if (io_uring_sq_space_left(&l->ring) < 2)
-		io_uring_submit(&l->ring);
-	sqe = get_sqe(l);
-	io_uring_prep_poll_add(sqe, in ? src_fd(s, d) : dst_fd(s, d), in ? POLLIN : POLLOUT);
-	io_uring_sqe_set_data64(sqe, mkud(OP_IGNORED, 0, 0, 0));
-	sqe->flags |= IOSQE_IO_LINK;
+	struct dir *x = &s->d[d];
+	while (x->len) {
+		ssize_t n = splice(x->pipe[0], NULL, dst_fd(s, d), NULL, x->len,
+				   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		if (n < 0 && errno == EAGAIN) {
+			relay_send(l, s, d);
+			return;
+		}
+		if (n <= 0) {
+			close_session(l, s, d == 0 ? "target send" : "client send",
+				      n < 0 ? errno : EPIPE);
+			return;
+		}
+		x->len -= (uint32_t)n;
+		s->last_ms = l->now;
+	}
+	relay_recv(l, s, d);
+}
+
+/* Splice mode: the source is readable; what it holds goes into the (empty) pipe. */
+static void splice_in(struct kproxy_loop *l, struct sess *s, unsigned d)
+{
+	struct dir *x = &s->d[d];
+	ssize_t n = splice(src_fd(s, d), NULL, x->pipe[1], NULL, PIPE_SIZE,
+			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	if (n < 0 && errno == EAGAIN) {
+		relay_recv(l, s, d);
+		return;
+	}
+	if (n < 0) {
+		close_session(l, s, d == 0 ? "client recv" : "target recv", errno);
+		return;
+	}
+	if (n == 0) {
+		dir_eof(l, s, d);
+		return;
+	}
+	s->last_ms = l->now;
+	x->len = (uint32_t)n;
+	x->bytes += (uint64_t)n;
+	kproxy_ctr_add(d == 0 ? &l->ctr.bytes_up : &l->ctr.bytes_down, (uint64_t)n);
+	splice_out(l, s, d);
+}
+
+/* Splice mode: a pipe per direction. Without descriptors for them (EMFILE, ENFILE) the
+ * session relays through its buffers instead: it is not failed after its success reply. */
+static bool open_pipes(struct sess *s)
+{
+	for (int i = 0; i < 2; i++) {
+		if (pipe2(s->d[i].pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+			close_fd(&s->d[0].pipe[0]);
+			close_fd(&s->d[0].pipe[1]);
+			return false;
+		}
+		fcntl(s->d[i].pipe[1], F_SETPIPE_SZ, PIPE_SIZE);
+	}
+	return true;
+}
+
+/* The client's bytes that came with its handshake go first. */
+static void send_leftover(struct kproxy_loop *l, struct sess *s, const uint8_t *left, size_t n)
+{
+	struct dir *x = &s->d[0];
+	if (s->splice) {
+		ssize_t w = write(x->pipe[1], left, n); /* n <= KUMO_SOCKS5_INPUT_MAX: fits */
+		if (w != (ssize_t)n) {
+			close_session(l, s, "pipe", w < 0 ? errno : EIO);
+			return;
+		}
+	} else {
+		memcpy(x->buf, left, n); /* n <= KUMO_SOCKS5_INPUT_MAX <= buffer */
+		x->off = 0;
+	}
+	x->len = (uint32_t)n;
+	x->bytes += n;
+	kproxy_ctr_add(&l->ctr.bytes_up, n);
+	if (s->splice)
+		splice_out(l, s, 0);
+	else
+		relay_send(l, s, 0);
 }
 
 static void start_relay(struct kproxy_loop *l, struct sess *s)
 {
 	s->state = S_RELAY;
 	s->last_ms = l->now;
+	s->splice = l->cfg->relay == KPROXY_RELAY_SPLICE && open_pipes(s);
 	size_t n;
 	const uint8_t *left = kumo_socks5_leftover(s->m, &n);
-	if (l->cfg->relay == KPROXY_RELAY_SPLICE) {
-		for (int i = 0; i < 2; i++) {
-			if (pipe2(s->d[i].pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
-				close_session(l, s, "pipe", errno);
-				return;
-			}
-			fcntl(s->d[i].pipe[1], F_SETPIPE_SZ, PIPE_SIZE);
-		}
-		if (n) {
-			ssize_t w = write(s->d[0].pipe[1], left, n);
-			if (w != (ssize_t)n) {
-				close_session(l, s, "pipe", w < 0 ? errno : EIO);
-				return;
-			}
-			s->d[0].len = (uint32_t)n;
-		}
-	} else if (n) {
-		memcpy(s->d[0].buf, left, n); /* n <= KUMO_SOCKS5_INPUT_MAX <= buffer */
-		s->d[0].len = (uint32_t)n;
-		s->d[0].off = 0;
-	}
-	if (n) {
-		s->d[0].bytes += n;
-		kproxy_ctr_add(&l->ctr.bytes_up, n);
-		relay_send(l, s, 0);
-	} else {
+	if (n)
+		send_leftover(l, s, left, n);
+	else
 		relay_recv(l, s, 0);
-	}
-	relay_recv(l, s, 1);
+	if (s->state == S_RELAY)
+		relay_recv(l, s, 1);
 }
 
 static void dir_eof(struct kproxy_loop *l, struct sess *s, unsigned d)
@@ -802,13 +858,12 @@ static void on_relay_recv(struct kproxy_loop *l, struct sess *s, unsigned d, int
 	if (s->state != S_RELAY)
 		return;
 	struct dir *x = &s->d[d];
-	if (res == -EAGAIN && l->cfg->relay == KPROXY_RELAY_SPLICE) {
-		poll_then(l, s, d, true);
-		relay_recv(l, s, d);
-		return;
-	}
 	if (res < 0) {
 		close_session(l, s, d == 0 ? "client recv" : "target recv", -res);
+		return;
+	}
+	if (s->splice) {
+		splice_in(l, s, d); /* res: the poll's events; errors show in the splice */
 		return;
 	}
 	if (res == 0) {
@@ -828,9 +883,8 @@ static void on_relay_send(struct kproxy_loop *l, struct sess *s, unsigned d, int
 	if (s->state != S_RELAY)
 		return;
 	struct dir *x = &s->d[d];
-	if (res == -EAGAIN && l->cfg->relay == KPROXY_RELAY_SPLICE) {
-		poll_then(l, s, d, false);
-		relay_send(l, s, d);
+	if (s->splice && res > 0) {
+		splice_out(l, s, d); /* res: the poll's events; errors show in the splice */
 		return;
 	}
 	if (res <= 0) {
@@ -838,18 +892,10 @@ static void on_relay_send(struct kproxy_loop *l, struct sess *s, unsigned d, int
 		return;
 	}
 	s->last_ms = l->now;
-	if (l->cfg->relay == KPROXY_RELAY_SPLICE) {
-		x->len -= (uint32_t)res;
-		if (x->len) {
-			relay_send(l, s, d);
-			return;
-		}
-	} else {
-		x->off += (uint32_t)res;
-		if (x->off < x->len) {
-			relay_send(l, s, d);
-			return;
-		}
+	x->off += (uint32_t)res;
+	if (x->off < x->len) {
+		relay_send(l, s, d);
+		return;
 	}
 	relay_recv(l, s, d);
 }

@@ -36,7 +36,7 @@ static void usage(FILE *f)
 	      "                 [--max-connections N] [--idle-timeout DURATION]\n"
 	      "                 [--connect-timeout DURATION] [--handshake-timeout DURATION]\n"
 	      "                 [--metrics ADDR:PORT] [--log FILE] [--allow-source CIDR]...\n"
-	      "                 [--buffer-size BYTES] [--relay copy|splice]\n"
+	      "                 [--buffer-size BYTES] [--relay splice|copy]\n"
 	      "  --listen ADDR:PORT         SOCKS5 listener (default 127.0.0.1:1080)\n"
 	      "  --users FILE               \"user:password\" lines; clients must authenticate\n"
 	      "  --threads N                io_uring loops (default: one per CPU)\n"
@@ -48,7 +48,7 @@ static void usage(FILE *f)
 	      "  --log FILE                 session records, one JSON line each (default stdout)\n"
 	      "  --allow-source CIDR        BIND sources allowed (repeatable; default any)\n"
 	      "  --buffer-size BYTES        relay buffer per direction (65536)\n"
-	      "  --relay copy|splice        how bytes are moved (copy)\n"
+	      "  --relay splice|copy        how bytes are moved (splice)\n"
 	      "DURATION: 300s, 5m, 1h, 1500ms or a number of seconds\n",
 	      f);
 }
@@ -196,6 +196,7 @@ int main(int argc, char **argv)
 	cfg->connect_ms = KPROXY_DEFAULT_CONNECT_MS;
 	cfg->handshake_ms = KPROXY_DEFAULT_HANDSHAKE_MS;
 	cfg->buffer = KPROXY_DEFAULT_BUFFER;
+	cfg->relay = KPROXY_RELAY_SPLICE;
 	cfg->log_fd = STDOUT_FILENO;
 	if (parse_args(argc, argv, cfg, &o) < 0)
 		goto out_cfg;

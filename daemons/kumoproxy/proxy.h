@@ -23,7 +23,7 @@
 #define KPROXY_SLOT_RESERVE 64	    /* slots beyond the limit, to answer refusals */
 
 /* How relayed bytes move: recv/send through a buffer per direction, or splice through a
- * pipe per direction (bytes stay in the kernel). */
+ * pipe per direction (bytes stay in the kernel; the default, see docs/kumoproxy.md). */
 enum kproxy_relay { KPROXY_RELAY_COPY = 0, KPROXY_RELAY_SPLICE };
 
 /* One "user:password" line of the users file. */
