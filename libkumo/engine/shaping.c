@@ -3,11 +3,10 @@
  * order, and answers effective-settings and rule queries for a destination. */
 #include "engine/shaping.h"
 
+#include "util/json.h"
 #include "util/toml.h"
 
 #include <errno.h>
-#include <inttypes.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,18 +49,6 @@ static bool ieq_n(const char *a, const char *b, size_t n)
 static bool suffix_match(const char *name, size_t len, const char *suffix, size_t slen)
 {
 	return slen <= len && ieq_n(name + len - slen, suffix, slen);
-}
-
-static bool is_bare_key(const char *s, size_t n)
-{
-	if (n == 0)
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		if (!is_alpha(c) && !is_digit(c) && c != '_' && c != '-')
-			return false;
-	}
-	return true;
 }
 
 /* ---- arena: every string and array handed out lives here until kumo_shaping_free ------- */
@@ -119,7 +106,7 @@ static void arena_free(struct arena *a)
 	}
 }
 
-/* ---- string builder (for rendered values and computed site names) -------------------- */
+/* ---- string builder (for computed keys and site names) ------------------------------- */
 
 struct sb {
 	char *p;
@@ -156,98 +143,6 @@ static void sb_puts(struct sb *b, const char *s)
 static void sb_putc(struct sb *b, char c)
 {
 	sb_putn(b, &c, 1);
-}
-
-/* A TOML basic string, quoted. */
-static void sb_quoted(struct sb *b, const char *s, size_t n)
-{
-	static const char hex[] = "0123456789ABCDEF";
-
-	sb_putc(b, '"');
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c == '"' || c == '\\') {
-			sb_putc(b, '\\');
-			sb_putc(b, (char)c);
-		} else if (c < 0x20 || c == 0x7f) {
-			char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-			sb_putn(b, e, 6);
-		} else {
-			sb_putc(b, (char)c);
-		}
-	}
-	sb_putc(b, '"');
-}
-
-static void sb_key(struct sb *b, const char *s, size_t n)
-{
-	if (is_bare_key(s, n))
-		sb_putn(b, s, n);
-	else
-		sb_quoted(b, s, n);
-}
-
-/* Renders v in TOML inline syntax; a top-level string as its bare text. */
-static void render(struct sb *b, const struct kumo_toml_value *v, bool top)
-{
-	char num[64];
-	size_t len, n = kumo_toml_count(v);
-	const char *s;
-	int64_t i;
-	double f;
-	bool t;
-
-	switch (kumo_toml_type(v)) {
-	case KUMO_TOML_STRING:
-		s = kumo_toml_string(v, &len);
-		if (top)
-			sb_putn(b, s, len);
-		else
-			sb_quoted(b, s, len);
-		break;
-	case KUMO_TOML_INTEGER:
-		kumo_toml_int(v, &i);
-		snprintf(num, sizeof(num), "%" PRId64, i);
-		sb_puts(b, num);
-		break;
-	case KUMO_TOML_FLOAT:
-		kumo_toml_float(v, &f);
-		if (isnan(f))
-			snprintf(num, sizeof(num), "nan");
-		else if (isinf(f))
-			snprintf(num, sizeof(num), f < 0 ? "-inf" : "inf");
-		else
-			snprintf(num, sizeof(num), "%.17g", f);
-		sb_puts(b, num);
-		break;
-	case KUMO_TOML_BOOL:
-		kumo_toml_bool(v, &t);
-		sb_puts(b, t ? "true" : "false");
-		break;
-	case KUMO_TOML_DATETIME:
-		sb_puts(b, kumo_toml_string(v, NULL));
-		break;
-	case KUMO_TOML_ARRAY:
-		sb_putc(b, '[');
-		for (size_t k = 0; k < n; k++) {
-			if (k)
-				sb_puts(b, ", ");
-			render(b, kumo_toml_at(v, k), false);
-		}
-		sb_putc(b, ']');
-		break;
-	case KUMO_TOML_TABLE:
-		sb_putc(b, '{');
-		for (size_t k = 0; k < n; k++) {
-			const char *key = kumo_toml_keyn_at(v, k, &len);
-			sb_puts(b, k ? ", " : "");
-			sb_key(b, key, len);
-			sb_puts(b, " = ");
-			render(b, kumo_toml_at(v, k), false);
-		}
-		sb_putc(b, '}');
-		break;
-	}
 }
 
 /* ---- value parsers: NULL on success, else a static message ----------------------------- */
@@ -826,17 +721,17 @@ struct loader {
 static size_t key_push(struct loader *L, const char *part, size_t n)
 {
 	size_t old = L->keylen;
-	struct sb b = {0};
+	struct kumo_buf b = {0};
 
 	if (old)
-		sb_putc(&b, '.');
-	sb_key(&b, part, n);
-	if (!b.oom && old + b.n < sizeof(L->key)) {
-		memcpy(L->key + old, b.p, b.n);
-		L->keylen = old + b.n;
+		kumo_buf_putc(&b, '.');
+	kumo_toml_render_key(&b, part, n);
+	if (!b.oom && old + b.len < sizeof(L->key)) {
+		memcpy(L->key + old, b.data, b.len);
+		L->keylen = old + b.len;
 	}
 	L->key[L->keylen] = 0;
-	free(b.p);
+	kumo_buf_free(&b);
 	return old;
 }
 
@@ -922,14 +817,19 @@ static int need_table(struct loader *L, const struct kumo_toml_value *v, const c
 	return 0;
 }
 
+/* v as kumo_shaping_kv.value holds it: a string (or a date-time) as its bare text, any
+ * other value in TOML inline syntax. In the arena; NULL when memory ran out. */
 static const char *render_dup(struct loader *L, const struct kumo_toml_value *v)
 {
-	struct sb b = {0};
-	const char *s;
+	struct kumo_buf b = {0};
+	size_t len;
+	const char *s = kumo_toml_string(v, &len);
 
-	render(&b, v, true);
-	s = b.oom ? NULL : arena_strndup(&L->sh->a, b.p ? b.p : "", b.n);
-	free(b.p);
+	if (s)
+		return arena_strndup(&L->sh->a, s, len);
+	kumo_toml_render_value(&b, v);
+	s = b.oom ? NULL : arena_strndup(&L->sh->a, b.data ? b.data : "", b.len);
+	kumo_buf_free(&b);
 	return s;
 }
 

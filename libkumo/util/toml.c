@@ -1,10 +1,12 @@
 /* A strict TOML 1.0 reader (see toml.h). One recursive-descent pass over the input builds
  * the tree; every node, key and string is carved from an arena that the document owns, so
- * freeing never walks the tree, whatever its shape. */
+ * freeing never walks the tree, whatever its shape. Values are written back in inline
+ * syntax by kumo_toml_render_value. */
 #include "util/toml.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <locale.h>
 #include <math.h>
@@ -14,6 +16,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "util/json.h"
 
 /* How a table or array came to exist decides what may later reopen or extend it
  * (TOML 1.0, "Table" and "Array of Tables"). */
@@ -247,6 +251,36 @@ static bool is_ctrl(int c)
 	return (c < 0x20 && c != '\t') || c == 0x7f;
 }
 
+/* Whether a key can be written without quotes. */
+static bool is_bare_key(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (!is_bare_key_char((unsigned char)s[i]))
+			return false;
+	return len > 0;
+}
+
+/* Byte c as it stands in a basic string: itself, \" or \\, or \u00XX for a control
+ * character (tab included). Returns the length written to out (1 to 6). */
+static size_t escape_byte(unsigned char c, char out[6])
+{
+	static const char hex[] = "0123456789ABCDEF";
+
+	if (c == '"' || c == '\\') {
+		out[0] = '\\';
+		out[1] = (char)c;
+		return 2;
+	}
+	if (is_ctrl(c) || c == '\t') {
+		memcpy(out, "\\u00", 4);
+		out[4] = hex[c >> 4];
+		out[5] = hex[c & 15];
+		return 6;
+	}
+	out[0] = (char)c;
+	return 1;
+}
+
 /* Length of the well-formed UTF-8 sequence at s (shortest form, no surrogates, at most
  * U+10FFFF), or 0. */
 static size_t utf8_len(const unsigned char *s, const unsigned char *e)
@@ -375,36 +409,18 @@ static void kb_putc(struct parser *P, char c)
 /* Appends one key part, bare when it can be written bare and quoted otherwise. */
 static void kb_append(struct parser *P, const char *s, size_t len)
 {
-	static const char hex[] = "0123456789ABCDEF";
-	bool bare = len > 0;
+	bool bare = is_bare_key(s, len);
+	char e[6];
 
-	for (size_t i = 0; i < len && bare; i++)
-		bare = is_bare_key_char((unsigned char)s[i]);
 	if (P->keylen)
 		kb_putc(P, '.');
-	if (bare) {
-		for (size_t i = 0; i < len; i++)
-			kb_putc(P, s[i]);
-		return;
-	}
-	kb_putc(P, '"');
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c == '"' || c == '\\') {
-			kb_putc(P, '\\');
-			kb_putc(P, (char)c);
-		} else if (is_ctrl(c) || c == '\t') {
-			kb_putc(P, '\\');
-			kb_putc(P, 'u');
-			kb_putc(P, '0');
-			kb_putc(P, '0');
-			kb_putc(P, hex[c >> 4]);
-			kb_putc(P, hex[c & 15]);
-		} else {
-			kb_putc(P, (char)c);
-		}
-	}
-	kb_putc(P, '"');
+	if (!bare)
+		kb_putc(P, '"');
+	for (size_t i = 0; i < len; i++)
+		for (size_t k = 0, n = escape_byte((unsigned char)s[i], e); k < n; k++)
+			kb_putc(P, e[k]);
+	if (!bare)
+		kb_putc(P, '"');
 }
 
 static void kb_truncate(struct parser *P, size_t len)
@@ -1703,4 +1719,109 @@ size_t kumo_toml_format_error(const struct kumo_toml_error *err, const char *fil
 	else
 		n = snprintf(buf, cap, "%s%s: %s", f, line, err->msg);
 	return n < 0 ? 0 : (size_t)n;
+}
+
+/* ---- writing values -------------------------------------------------------------------- */
+
+/* s[0..len) as a basic string. */
+static void render_quoted(struct kumo_buf *out, const char *s, size_t len)
+{
+	char e[6];
+
+	kumo_buf_putc(out, '"');
+	for (size_t i = 0; i < len; i++)
+		kumo_buf_append(out, e, escape_byte((unsigned char)s[i], e));
+	kumo_buf_putc(out, '"');
+}
+
+void kumo_toml_render_key(struct kumo_buf *out, const char *key, size_t len)
+{
+	if (is_bare_key(key, len))
+		kumo_buf_append(out, key, len);
+	else
+		render_quoted(out, key, len);
+}
+
+/* A finite float as %.17g (exact: it reads back as the same double) with a '.' or an
+ * exponent, so that it reads back as a float; whatever bytes LC_NUMERIC uses for the
+ * decimal point, '.' is written. */
+static void render_finite(struct kumo_buf *out, double d)
+{
+	char num[64], *p = num;
+	bool dot = false;
+
+	snprintf(num, sizeof(num), "%.17g", d);
+	while (*p) {
+		bool number_char = is_digit(*p) || *p == '-' || *p == '+' || *p == 'e';
+		if (number_char) {
+			kumo_buf_putc(out, *p++);
+			continue;
+		}
+		kumo_buf_putc(out, '.'); /* the decimal point, one or more bytes */
+		while (*p && !is_digit(*p))
+			p++;
+		dot = true;
+	}
+	if (!dot && !strchr(num, 'e'))
+		kumo_buf_puts(out, ".0");
+}
+
+static void render_float(struct kumo_buf *out, double d)
+{
+	if (isnan(d))
+		kumo_buf_puts(out, "nan");
+	else if (isinf(d))
+		kumo_buf_puts(out, d < 0 ? "-inf" : "inf");
+	else
+		render_finite(out, d);
+}
+
+/* The elements of an array, or the members of a table as key = value, between open and
+ * close. */
+static void render_container(struct kumo_buf *out, const struct kumo_toml_value *v, char open,
+			     char close)
+{
+	size_t klen;
+
+	kumo_buf_putc(out, open);
+	for (size_t i = 0; i < kumo_toml_count(v); i++) {
+		if (i)
+			kumo_buf_puts(out, ", ");
+		if (v->type == KUMO_TOML_TABLE) {
+			const char *key = kumo_toml_keyn_at(v, i, &klen);
+			kumo_toml_render_key(out, key, klen);
+			kumo_buf_puts(out, " = ");
+		}
+		kumo_toml_render_value(out, kumo_toml_at(v, i));
+	}
+	kumo_buf_putc(out, close);
+}
+
+void kumo_toml_render_value(struct kumo_buf *out, const struct kumo_toml_value *v)
+{
+	if (!v)
+		return;
+	switch ((enum kumo_toml_type)v->type) {
+	case KUMO_TOML_STRING:
+		render_quoted(out, v->u.str.s, v->u.str.len);
+		break;
+	case KUMO_TOML_INTEGER:
+		kumo_buf_printf(out, "%" PRId64, v->u.i);
+		break;
+	case KUMO_TOML_FLOAT:
+		render_float(out, v->u.f);
+		break;
+	case KUMO_TOML_BOOL:
+		kumo_buf_puts(out, v->u.b ? "true" : "false");
+		break;
+	case KUMO_TOML_DATETIME:
+		kumo_buf_append(out, v->u.str.s, v->u.str.len);
+		break;
+	case KUMO_TOML_ARRAY:
+		render_container(out, v, '[', ']');
+		break;
+	case KUMO_TOML_TABLE:
+		render_container(out, v, '{', '}');
+		break;
+	}
 }

@@ -1,6 +1,7 @@
 /* A strict TOML 1.0 reader for kumod.toml and KumoMTA shaping files: parses a document
  * held in memory into a read-only tree whose nodes, keys and strings all belong to one
- * kumo_toml_doc, and reports the first error with its line, column and dotted key. */
+ * kumo_toml_doc, and reports the first error with its line, column and dotted key; writes
+ * a value of such a tree back as TOML text. */
 #ifndef KUMO_UTIL_TOML_H
 #define KUMO_UTIL_TOML_H
 
@@ -113,5 +114,25 @@ int kumo_toml_bool(const struct kumo_toml_value *v, bool *out);
  * snprintf, so a result >= cap means it was cut short. */
 size_t kumo_toml_format_error(const struct kumo_toml_error *err, const char *filename, char *buf,
 			      size_t cap);
+
+/* ---- writing values back ----
+ * Both writers append to a kumo_buf (util/json.h): out keeps ownership of its bytes, and a
+ * failed allocation sets out->oom, as with every kumo_buf writer. Neither depends on the
+ * process locale. */
+struct kumo_buf;
+
+/* Appends v in TOML inline syntax, text that kumo_toml_parse() reads back as a value of
+ * the same type and the same value: a string as a basic string ("..." with \" \\ and
+ * \u00XX for control characters, tab included; other bytes as they are), an integer in
+ * decimal, a float always with a '.' or an exponent (2.0, 0.10000000000000001,
+ * 1.0000000000000001e+300, inf, -inf, nan; every finite double exactly, the sign of a NaN
+ * is not kept), true or false, a date-time as its source text, an array as [a, b] and a
+ * table as an inline table {key = value, ...}, keys written as kumo_toml_render_key()
+ * does. v belongs to a parsed document and is only read; NULL appends nothing. */
+void kumo_toml_render_value(struct kumo_buf *out, const struct kumo_toml_value *v);
+
+/* Appends one key (one part of a dotted key or [header]) such that it reads back as the
+ * same len bytes: bare when it is only A-Z a-z 0-9 _ -, else quoted like a string. */
+void kumo_toml_render_key(struct kumo_buf *out, const char *key, size_t len);
 
 #endif

@@ -1,7 +1,9 @@
 /* Unit tests for the TOML reader (libkumo/util/toml.c): every value type, every error
- * kind with the line it is reported on, the two KumoMTA shaping files read back, and
- * every truncation of valid documents placed against a guard page. */
+ * kind with the line it is reported on, the two KumoMTA shaping files read back, every
+ * truncation of valid documents placed against a guard page, and values written back
+ * with kumo_toml_render_value read again as the same type and value. */
 #include <errno.h>
+#include <locale.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "util/json.h"
 #include "util/toml.h"
 
 #define COMPAT_DIR KUMO_SOURCE_ROOT "/../shared/compat/kumomta/"
@@ -1221,6 +1224,195 @@ static void test_crlf_document(void **state)
 	free(crlf);
 }
 
+/* ---- writing values back ---------------------------------------------------------------- */
+
+static void assert_same_value(const struct kumo_toml_value *a, const struct kumo_toml_value *b);
+
+/* The members (tables) or elements (arrays) of a and b, in order. */
+static void assert_same_items(const struct kumo_toml_value *a, const struct kumo_toml_value *b)
+{
+	size_t la, lb;
+
+	assert_int_equal(kumo_toml_count(a), kumo_toml_count(b));
+	for (size_t i = 0; i < kumo_toml_count(a); i++) {
+		if (kumo_toml_type(a) == KUMO_TOML_TABLE) {
+			const char *ka = kumo_toml_keyn_at(a, i, &la),
+				   *kb = kumo_toml_keyn_at(b, i, &lb);
+			assert_int_equal(la, lb);
+			assert_memory_equal(ka, kb, la);
+		}
+		assert_same_value(kumo_toml_at(a, i), kumo_toml_at(b, i));
+	}
+}
+
+/* a and b have the same type and value; floats to the bit, but any NaN equals any NaN. */
+static void assert_same_value(const struct kumo_toml_value *a, const struct kumo_toml_value *b)
+{
+	int64_t ia, ib;
+	double fa, fb;
+	bool ba, bb;
+	size_t la, lb;
+	const char *sa, *sb;
+
+	assert_non_null(b);
+	assert_int_equal(kumo_toml_type(a), kumo_toml_type(b));
+	switch (kumo_toml_type(a)) {
+	case KUMO_TOML_STRING:
+	case KUMO_TOML_DATETIME:
+		sa = kumo_toml_string(a, &la);
+		sb = kumo_toml_string(b, &lb);
+		assert_int_equal(la, lb);
+		assert_memory_equal(sa, sb, la);
+		break;
+	case KUMO_TOML_INTEGER:
+		kumo_toml_int(a, &ia);
+		kumo_toml_int(b, &ib);
+		assert_true(ia == ib);
+		break;
+	case KUMO_TOML_FLOAT:
+		kumo_toml_float(a, &fa);
+		kumo_toml_float(b, &fb);
+		assert_true(isnan(fa) ? isnan(fb) : memcmp(&fa, &fb, sizeof(fa)) == 0);
+		break;
+	case KUMO_TOML_BOOL:
+		kumo_toml_bool(a, &ba);
+		kumo_toml_bool(b, &bb);
+		assert_true(ba == bb);
+		break;
+	case KUMO_TOML_ARRAY:
+	case KUMO_TOML_TABLE:
+		assert_same_items(a, b);
+		break;
+	}
+}
+
+/* Parses "v = <value>", renders v, parses "v = <rendered>" and checks that both v are the
+ * same; the rendered text is compared with expect unless that is NULL. */
+static void round_trip(const char *value, const char *expect)
+{
+	char src[1024];
+	struct kumo_buf out = {0};
+
+	snprintf(src, sizeof(src), "v = %s\n", value);
+	struct kumo_toml_doc *a = parse_ok(src);
+	const struct kumo_toml_value *va = kumo_toml_get(kumo_toml_root(a), "v");
+	kumo_buf_puts(&out, "v = ");
+	kumo_toml_render_value(&out, va);
+	assert_false(out.oom);
+	struct kumo_toml_doc *b = parse_ok_n(out.data, out.len);
+	if (expect && (out.len != 4 + strlen(expect) || memcmp(out.data + 4, expect, out.len - 4)))
+		fail_msg("%s written as %.*s, not %s", value, (int)out.len - 4, out.data + 4,
+			 expect);
+	assert_same_value(va, kumo_toml_get(kumo_toml_root(b), "v"));
+	kumo_toml_free(a);
+	kumo_toml_free(b);
+	kumo_buf_free(&out);
+}
+
+/* A value as written in a document, and as it is written back (NULL: not compared). */
+struct render_case {
+	const char *value, *expect;
+};
+
+/* Values as written in documents, and as they are written back. */
+static const struct render_case render_cases[] = {
+    /* Quotes, backslashes, control characters, UTF-8, literal and multi-line strings. */
+    {"\"plain\"", "\"plain\""},
+    {"\"q\\\"uote \\\\back\\\\slash\"", "\"q\\\"uote \\\\back\\\\slash\""},
+    {"'C:\\path\\\"x'", "\"C:\\\\path\\\\\\\"x\""},
+    {"\"\\u0000nul \\u0001 \\t\\n\\r\\b\\f \\u001F \\u007F\"",
+     "\"\\u0000nul \\u0001 \\u0009\\u000A\\u000D\\u0008\\u000C \\u001F \\u007F\""},
+    {"\"caf\\u00E9 \xE2\x82\xAC \\U0001F600\"", "\"caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80\""},
+    {"\"\"\"\nmulti\n\"\"line\\\n   joined\"\"\"", "\"multi\\u000A\\\"\\\"linejoined\""},
+    {"''", "\"\""},
+    /* Integers, floats (which stay floats), booleans and a date-time. */
+    {"0", "0"},
+    {"-17", "-17"},
+    {"+1_000", "1000"},
+    {"0xDEAD_beef", "3735928559"},
+    {"9223372036854775807", "9223372036854775807"},
+    {"-9223372036854775808", "-9223372036854775808"},
+    {"2.0", "2.0"}, /* not 2, which reads back as an integer */
+    {"-2.0", "-2.0"},
+    {"0.0", "0.0"},
+    {"-0.0", "-0.0"},
+    {"1e300", "1.0000000000000001e+300"},
+    {"1e22", "1e+22"},
+    {"1.5", "1.5"},
+    {"0.1", NULL},
+    {"-2E-2", NULL},
+    {"6.626e-34", NULL},
+    {"5e-324", NULL},		      /* the smallest subnormal */
+    {"1.7976931348623157e308", NULL}, /* the largest finite double */
+    {"inf", "inf"},
+    {"+inf", "inf"},
+    {"-inf", "-inf"},
+    {"nan", "nan"},
+    {"true", "true"},
+    {"false", "false"},
+    {"1979-05-27T07:32:00.5-07:00", "1979-05-27T07:32:00.5-07:00"},
+    /* Arrays, and tables as inline tables, with keys that need quotes. */
+    {"[]", "[]"},
+    {"[1, 2.0, \"x\", true, [[]], {}]", "[1, 2.0, \"x\", true, [[]], {}]"},
+    {"[\n 1, # comment\n 2,\n]", "[1, 2]"},
+    {"{}", "{}"},
+    {"{a = 1, b-c_D9 = \"s\", nested = {x = [1.0e0, {y = false}]}}",
+     "{a = 1, b-c_D9 = \"s\", nested = {x = [1.0, {y = false}]}}"},
+    {"{\"gmail.com\" = 1, \"\" = 2, \"q\\\"k\\\\\" = 3, \"t\\tab\" = 4, 'sp ace' = 5}",
+     "{\"gmail.com\" = 1, \"\" = 2, \"q\\\"k\\\\\" = 3, \"t\\u0009ab\" = 4, "
+     "\"sp ace\" = 5}"},
+    {"{a.b.c = 1, a.d = 2.5}", "{a = {b = {c = 1}, d = 2.5}}"},
+    {"{ SetConfig = { name = \"max_message_rate\", value = \"10/h\" } }",
+     "{SetConfig = {name = \"max_message_rate\", value = \"10/h\"}}"},
+};
+
+static void test_render_round_trips(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof(render_cases) / sizeof(render_cases[0]); i++)
+		round_trip(render_cases[i].value, render_cases[i].expect);
+}
+
+/* Keys alone, and a NULL value, which writes nothing. */
+static void test_render_keys(void **state)
+{
+	struct kumo_buf out = {0};
+
+	(void)state;
+	kumo_toml_render_key(&out, "bare-Key_9", 10);
+	kumo_buf_putc(&out, ' ');
+	kumo_toml_render_key(&out, "a.b", 3);
+	kumo_buf_putc(&out, ' ');
+	kumo_toml_render_key(&out, "", 0);
+	kumo_buf_putc(&out, ' ');
+	kumo_toml_render_key(&out, "n\0ul", 4);
+	kumo_toml_render_value(&out, NULL);
+	kumo_buf_putc(&out, 0);
+	assert_string_equal(out.data, "bare-Key_9 \"a.b\" \"\" \"n\\u0000ul\"");
+	kumo_buf_free(&out);
+}
+
+/* Under a locale whose decimal point is a comma (when one is installed), floats are still
+ * written with '.'. */
+static void test_render_locale(void **state)
+{
+	static const char *const names[] = {"de_DE.UTF-8", "de_DE.utf8",  "fr_FR.UTF-8",
+					    "fr_FR.utf8",  "ru_RU.UTF-8", "nl_NL.UTF-8"};
+	const char *set = NULL;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]) && !set; i++)
+		set = setlocale(LC_NUMERIC, names[i]);
+	if (!set || strcmp(localeconv()->decimal_point, ".") == 0) {
+		setlocale(LC_NUMERIC, "C");
+		skip();
+	}
+	round_trip("2.5", "2.5");
+	round_trip("2.0", "2.0");
+	round_trip("-1.25e-300", NULL);
+	setlocale(LC_NUMERIC, "C");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1248,6 +1440,9 @@ int main(void)
 	    cmocka_unit_test(test_truncation_rich_doc),
 	    cmocka_unit_test(test_truncation_compat_files),
 	    cmocka_unit_test(test_crlf_document),
+	    cmocka_unit_test(test_render_round_trips),
+	    cmocka_unit_test(test_render_keys),
+	    cmocka_unit_test(test_render_locale),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
