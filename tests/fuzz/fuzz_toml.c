@@ -1,11 +1,13 @@
 /* libFuzzer target for the TOML reader: any input either parses or fails with a position,
  * and a parsed tree is walked through every accessor, checking that each key of a table
- * is found again by lookup and that the error text formats. */
+ * is found again by lookup, that the error text formats, and that every scalar written
+ * back by kumo_toml_render_value() reads back as the same value. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/json.h"
 #include "util/toml.h"
 
 static void check_error(const struct kumo_toml_error *err)
@@ -24,6 +26,42 @@ static void check_error(const struct kumo_toml_error *err)
 		abort();
 }
 
+/* Renders scalar v as "v = <value>", parses that, and checks type and value. */
+static void check_round_trip(const struct kumo_toml_value *v)
+{
+	struct kumo_buf b = {0};
+	struct kumo_toml_doc *doc = NULL;
+	struct kumo_toml_error err;
+	kumo_buf_append(&b, "v = ", 4);
+	kumo_toml_render_value(&b, v);
+	if (b.oom) {
+		kumo_buf_free(&b);
+		return;
+	}
+	int rc = kumo_toml_parse(b.data, b.len, &doc, &err);
+	if (rc == -ENOMEM) {
+		kumo_buf_free(&b);
+		return;
+	}
+	const struct kumo_toml_value *w = rc == 0 ? kumo_toml_get(kumo_toml_root(doc), "v") : NULL;
+	if (!w || kumo_toml_type(w) != kumo_toml_type(v))
+		abort();
+	size_t la, lb;
+	const char *sa = kumo_toml_string(v, &la), *sb = kumo_toml_string(w, &lb);
+	int64_t ia, ib;
+	double fa, fb;
+	if (sa && (la != lb || memcmp(sa, sb, la) != 0))
+		abort();
+	if (kumo_toml_type(v) == KUMO_TOML_INTEGER &&
+	    (kumo_toml_int(v, &ia) || kumo_toml_int(w, &ib) || ia != ib))
+		abort();
+	if (kumo_toml_type(v) == KUMO_TOML_FLOAT && !kumo_toml_float(v, &fa) &&
+	    !kumo_toml_float(w, &fb) && fa == fa && memcmp(&fa, &fb, sizeof(fa)) != 0)
+		abort();
+	kumo_toml_free(doc);
+	kumo_buf_free(&b);
+}
+
 /* Recursion is bounded: the reader rejects nesting deeper than KUMO_TOML_MAX_DEPTH. */
 static void walk(const struct kumo_toml_value *v, int depth)
 {
@@ -38,6 +76,8 @@ static void walk(const struct kumo_toml_value *v, int depth)
 	if (depth > KUMO_TOML_MAX_DEPTH &&
 	    (kumo_toml_type(v) == KUMO_TOML_ARRAY || kumo_toml_type(v) == KUMO_TOML_TABLE))
 		abort();
+	if (kumo_toml_type(v) != KUMO_TOML_ARRAY && kumo_toml_type(v) != KUMO_TOML_TABLE)
+		check_round_trip(v);
 	switch (kumo_toml_type(v)) {
 	case KUMO_TOML_STRING:
 	case KUMO_TOML_DATETIME: {
