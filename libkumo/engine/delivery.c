@@ -83,6 +83,7 @@ struct kumo_oconn {
 	char local_addr[48];
 	struct kumo_socks5c *sx;  /* SOCKS5 handshake in progress */
 	char lease[80];           /* its Redis connection lease, or "" */
+	char prov_lease[80];      /* its provider's Redis connection lease, or "" */
 	uint64_t lease_renewed_ms;
 };
 
@@ -123,6 +124,8 @@ static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc);
 static bool shared_token(struct kumo_delivery *d, uint32_t si);
 static void make_due(struct kumo_delivery *d, uint32_t m);
 static void site_remove_idle(struct kumo_delivery *d, struct kumo_oconn *oc);
+static bool provider_lease_in_hand(struct kumo_delivery *d, uint32_t pi);
+static bool provider_token(struct kumo_delivery *d, uint32_t si);
 
 static uint64_t or_default(uint64_t v, uint64_t def)
 {
@@ -267,13 +270,24 @@ static uint32_t provider_budget(struct kumo_delivery *d, const struct kumo_shapi
 	struct kumo_provider_budget *b = &d->providers.v[i];
 	b->conn_limit = (unsigned)sp->connection_limit.limit;
 	b->node_slot = NULL;
-	if (b->conn_limit) {
+	b->shared_conn_limit = b->shared_count = 0;
+	struct kumo_shaping_rate rate = sp->max_message_rate;
+	if (d->throttle && rate.count && !rate.local) {
+		/* one rate for every node: Redis keeps it, the local GCRA stays off */
+		b->shared_count = rate.count;
+		b->shared_period_ms = rate.period_ms;
+		b->shared_burst = rate.burst;
+		rate.count = 0;
+	}
+	if (d->throttle && b->conn_limit && !sp->connection_limit.local) {
+		b->shared_conn_limit = b->conn_limit; /* one lease per connection, all nodes */
+	} else if (b->conn_limit) {
 		char key[300];
 		snprintf(key, sizeof(key), "%s\x1f%u", sp->name, source);
 		b->node_slot = kumo_node_slot_get(&d->l->e->node_limits, key, KUMO_SLOT_PROVIDER,
 						  d->l->index, i);
 	}
-	gcra_setup(&sp->max_message_rate, nloops, &b->T, &b->tau);
+	gcra_setup(&rate, nloops, &b->T, &b->tau);
 	return i;
 }
 
@@ -983,6 +997,15 @@ static void make_due(struct kumo_delivery *d, uint32_t m)
 
 /* ---- provider budgets -------------------------------------------------------------- */
 
+/* A provider's Redis key part: "<what>:<provider>:<egress source>". */
+static void provider_key(const struct kumo_delivery *d, const struct kumo_provider_budget *b,
+			 const char *what, char *buf, size_t cap)
+{
+	const char *src = b->source != KUMO_NONE ? d->l->e->sources[b->source].name : "";
+	snprintf(buf, cap, "%s:%s:%s", what, b->name, src);
+}
+
+
 /* How long the site's next transaction must wait for its own and its provider's rate. */
 static uint64_t message_wait(const struct kumo_delivery *d, const struct kumo_site *s,
 			     double now)
@@ -1007,7 +1030,7 @@ static bool provider_wanted(const struct kumo_delivery *d, const struct kumo_oco
 	if (oc->provider == KUMO_NONE)
 		return false;
 	const struct kumo_provider_budget *b = &d->providers.v[oc->provider];
-	return kumo_provider_full(b) && kumo_provider_others_wait(b, oc->site);
+	return kumo_provider_full(b) && kumo_site_fifo_has_other(&b->waiting, oc->site);
 }
 
 /* Site si found its provider's connections all taken: it waits for the next one freed,
@@ -1015,7 +1038,7 @@ static bool provider_wanted(const struct kumo_delivery *d, const struct kumo_oco
 static void provider_wait(struct kumo_delivery *d, uint32_t si)
 {
 	uint32_t pi = d->l->queues.sites[si].provider;
-	if (!kumo_provider_wait(&d->providers.v[pi], si))
+	if (!kumo_site_fifo_push(&d->providers.v[pi].waiting, si))
 		return; /* it was waiting already */
 	for (uint32_t i = 0; i < d->noc; i++) {
 		struct kumo_oconn *oc = &d->oc[i];
@@ -1034,10 +1057,10 @@ static void provider_wait(struct kumo_delivery *d, uint32_t si)
  * while it has room (each refused one queues again). */
 static void provider_kick_waiters(struct kumo_delivery *d, uint32_t pi)
 {
-	size_t n = d->providers.v[pi].nwaiting;
+	size_t n = d->providers.v[pi].waiting.n;
 	uint32_t si;
 	while (n-- && !kumo_provider_full(&d->providers.v[pi]) &&
-	       (si = kumo_provider_next_waiter(&d->providers.v[pi])) != KUMO_NONE)
+	       (si = kumo_site_fifo_pop(&d->providers.v[pi].waiting)) != KUMO_NONE)
 		site_kick(d, si);
 }
 
@@ -1065,8 +1088,10 @@ static bool take_node_slots(struct kumo_delivery *d, uint32_t si)
 	if (s->node_slot &&
 	    !kumo_node_slot_take(&e->node_limits, s->node_slot, s->conn_limit, d->l->index))
 		return false;
-	if (b && b->node_slot &&
-	    !kumo_node_slot_take(&e->node_limits, b->node_slot, b->conn_limit, d->l->index)) {
+	if (b && ((b->node_slot && !kumo_node_slot_take(&e->node_limits, b->node_slot,
+							  b->conn_limit, d->l->index)) ||
+		  !provider_lease_in_hand(d, s->provider))) {
+		/* the node slot, or the cluster's lease (asked for now), is not there */
 		provider_wait(d, si);
 		if (s->node_slot)
 			kumo_node_slot_release(e, s->node_slot);
@@ -1273,6 +1298,13 @@ static void oc_close(struct kumo_delivery *d, struct kumo_oconn *oc)
 	oc->fd = -1;
 	d->live--;
 	uint32_t site = oc->site, provider = oc->provider;
+	if (oc->prov_lease[0] && d->throttle && provider != KUMO_NONE) {
+		char name[600];
+		provider_key(d, &d->providers.v[provider], "provider_connection_limit", name,
+			     sizeof(name));
+		kumo_throttle_lease_release(d->throttle, name, oc->prov_lease);
+	}
+	oc->prov_lease[0] = 0;
 	oc->provider = KUMO_NONE;
 	if (oc->site_slot)
 		kumo_node_slot_release(d->l->e, oc->site_slot);
@@ -1377,9 +1409,13 @@ static void oc_open(struct kumo_delivery *d, uint32_t site)
 	oc->provider = s->provider;
 	oc->site_slot = s->node_slot;
 	oc->prov_slot = NULL;
+	oc->prov_lease[0] = 0;
 	if (oc->provider != KUMO_NONE) {
-		d->providers.v[oc->provider].nconns++;
-		oc->prov_slot = d->providers.v[oc->provider].node_slot;
+		struct kumo_provider_budget *b = &d->providers.v[oc->provider];
+		b->nconns++;
+		oc->prov_slot = b->node_slot;
+		snprintf(oc->prov_lease, sizeof(oc->prov_lease), "%s", b->lease_ready);
+		b->lease_ready[0] = 0;
 	}
 	oc->lease_renewed_ms = d->l->now_ms;
 	s->nconns++;
@@ -1397,6 +1433,53 @@ static void oc_open(struct kumo_delivery *d, uint32_t site)
 		site_unreachable(d, site, &o);
 		oc_close(d, oc);
 	}
+}
+
+/* The argument of a Redis answer: this loop and the site or provider it is for. */
+static void **answer_arg(struct kumo_delivery *d, uint32_t index)
+{
+	void **arg = malloc(2 * sizeof(void *));
+	if (arg) {
+		arg[0] = d->l;
+		arg[1] = (void *)(uintptr_t)index;
+	}
+	return arg;
+}
+
+/* Asks Redis for a connection lease of name (limit at once); false when the request went
+ * out (cb answers), true when none could be made: the caller goes on (local fallback). */
+static bool ask_lease(struct kumo_delivery *d, const char *name, uint64_t limit,
+		      kumo_throttle_lease_fn cb, uint32_t index, bool *pending)
+{
+	void **arg = answer_arg(d, index);
+	if (!arg)
+		return true;
+	*pending = true;
+	if (kumo_throttle_lease_acquire(d->throttle, name, limit, LEASE_TTL_MS, d->l->now_ms,
+					cb, arg) < 0) {
+		*pending = false;
+		free(arg);
+		return true;
+	}
+	return false;
+}
+
+/* Asks Redis for a GCRA token of name, as ask_lease does for a lease. */
+static bool ask_token(struct kumo_delivery *d, const char *name, uint64_t count,
+		      uint64_t period_ms, uint64_t burst, kumo_throttle_gcra_fn cb,
+		      uint32_t index, bool *pending)
+{
+	void **arg = answer_arg(d, index);
+	if (!arg)
+		return true;
+	*pending = true;
+	if (kumo_throttle_gcra(d->throttle, name, count, period_ms, burst, d->l->now_ms, cb,
+			       arg) < 0) {
+		*pending = false;
+		free(arg);
+		return true;
+	}
+	return false;
 }
 
 static void lease_answer(void *arg, bool granted, const char *lease_id)
@@ -1426,21 +1509,44 @@ static bool lease_in_hand(struct kumo_delivery *d, uint32_t si)
 		return true;
 	if (s->lease_pending)
 		return false;
-	void **arg = malloc(2 * sizeof(void *));
-	if (!arg)
-		return true;
-	arg[0] = d->l;
-	arg[1] = (void *)(uintptr_t)si;
 	char name[600];
 	lease_name(s, name, sizeof(name));
-	s->lease_pending = true;
-	if (kumo_throttle_lease_acquire(d->throttle, name, s->shared_conn_limit, LEASE_TTL_MS,
-					d->l->now_ms, lease_answer, arg) < 0) {
-		s->lease_pending = false;
-		free(arg);
-		return true;
+	return ask_lease(d, name, s->shared_conn_limit, lease_answer, si, &s->lease_pending);
+}
+
+static void provider_lease_answer(void *arg, bool granted, const char *lease_id)
+{
+	struct kumo_loop *l = ((void **)arg)[0];
+	uint32_t pi = (uint32_t)(uintptr_t)((void **)arg)[1];
+	free(arg);
+	struct kumo_delivery *d = l->dlv;
+	if (!d || pi >= d->providers.n)
+		return;
+	struct kumo_provider_budget *b = &d->providers.v[pi];
+	b->lease_pending = false;
+	if (granted && lease_id) {
+		snprintf(b->lease_ready, sizeof(b->lease_ready), "%s", lease_id);
+		provider_kick_waiters(d, pi);
+		return;
 	}
-	return false;
+	uint32_t si = kumo_site_fifo_pop(&b->waiting); /* every lease taken: again in a second */
+	if (si != KUMO_NONE)
+		site_timer(d, si, 1000);
+}
+
+/* For a provider whose connection limit is shared through Redis: true when a lease is in
+ * hand for the next connection; otherwise one is asked for and the caller waits. */
+static bool provider_lease_in_hand(struct kumo_delivery *d, uint32_t pi)
+{
+	struct kumo_provider_budget *b = &d->providers.v[pi];
+	if (!b->shared_conn_limit || b->lease_ready[0])
+		return true;
+	if (b->lease_pending)
+		return false;
+	char name[600];
+	provider_key(d, b, "provider_connection_limit", name, sizeof(name));
+	return ask_lease(d, name, b->shared_conn_limit, provider_lease_answer, pi,
+			 &b->lease_pending);
 }
 
 static void site_kick(struct kumo_delivery *d, uint32_t site)
@@ -1467,7 +1573,7 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 			site_timer(d, site, wait);
 			break;
 		}
-		if (s->idle_head != KUMO_NONE && !shared_token(d, site))
+		if (s->idle_head != KUMO_NONE && (!shared_token(d, site) || !provider_token(d, site)))
 			break; /* the token's answer kicks the site again */
 		s = &d->l->queues.sites[site];
 		if (s->idle_head != KUMO_NONE) {
@@ -1546,21 +1652,49 @@ static bool shared_token(struct kumo_delivery *d, uint32_t si)
 		return true;
 	if (s->token_pending)
 		return false;
-	void **arg = malloc(2 * sizeof(void *));
-	if (!arg)
-		return true;
-	arg[0] = d->l;
-	arg[1] = (void *)(uintptr_t)si;
 	char name[600];
 	snprintf(name, sizeof(name), "max_message_rate:%s", s->name);
-	s->token_pending = true;
-	if (kumo_throttle_gcra(d->throttle, name, s->shared_count, s->shared_period_ms,
-			       s->shared_burst, d->l->now_ms, token_answer, arg) < 0) {
-		s->token_pending = false;
-		free(arg);
-		return true;
+	return ask_token(d, name, s->shared_count, s->shared_period_ms, s->shared_burst,
+			 token_answer, si, &s->token_pending);
+}
+
+static void provider_token_answer(void *arg, bool allowed, uint64_t wait_ms)
+{
+	struct kumo_delivery *d = ((struct kumo_loop *)((void **)arg)[0])->dlv;
+	uint32_t pi = (uint32_t)(uintptr_t)((void **)arg)[1];
+	free(arg);
+	if (!d || pi >= d->providers.n)
+		return;
+	struct kumo_provider_budget *b = &d->providers.v[pi];
+	b->token_pending = false;
+	b->token_ready = allowed;
+	/* every site that waited looks again: the first takes the token, the next asks anew */
+	for (size_t n = b->token_waiting.n; n; n--) {
+		uint32_t si = kumo_site_fifo_pop(&d->providers.v[pi].token_waiting);
+		if (si == KUMO_NONE || si >= d->l->queues.nsites)
+			continue;
+		if (allowed)
+			site_kick(d, si);
+		else
+			site_timer(d, si, wait_ms);
 	}
-	return false;
+}
+
+/* For a site whose provider's rate is shared through Redis: true when a message may go
+ * now; otherwise a token is asked for and the site waits for the answer. */
+static bool provider_token(struct kumo_delivery *d, uint32_t si)
+{
+	uint32_t pi = d->l->queues.sites[si].provider;
+	struct kumo_provider_budget *b = pi != KUMO_NONE ? &d->providers.v[pi] : NULL;
+	if (!b || !b->shared_count || b->token_ready)
+		return true;
+	kumo_site_fifo_push(&b->token_waiting, si);
+	if (b->token_pending)
+		return false;
+	char name[600];
+	provider_key(d, b, "provider_max_message_rate", name, sizeof(name));
+	return ask_token(d, name, b->shared_count, b->shared_period_ms, b->shared_burst,
+			 provider_token_answer, pi, &b->token_pending);
 }
 
 /* Takes the next ready message of the site and reads it; idles when there is none. */
@@ -1574,7 +1708,8 @@ static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc)
 					     strlen(s->name), l->now_ms);
 	if (until)
 		wait = until - l->now_ms;
-	bool token = !wait && s->nready && !d->stopping && shared_token(d, oc->site);
+	bool token = !wait && s->nready && !d->stopping && shared_token(d, oc->site) &&
+		     provider_token(d, oc->site);
 	s = &l->queues.sites[oc->site];
 	if (!wait && s->nready && !token)
 		wait = UINT64_MAX; /* a token is on its way: idle until it comes */
@@ -1584,11 +1719,15 @@ static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc)
 					 : kumo_list_pop(&l->queues, &s->ready_head, &s->ready_tail);
 	if (m != KUMO_NONE) {
 		gcra_take(s->msg_T, &s->msg_tat, now);
-		if (s->provider != KUMO_NONE)
-			gcra_take(d->providers.v[s->provider].T, &d->providers.v[s->provider].tat, now);
+		if (s->provider != KUMO_NONE) {
+			struct kumo_provider_budget *b = &d->providers.v[s->provider];
+			gcra_take(b->T, &b->tat, now);
+			b->token_ready = false;
+		}
 		s->token_ready = false;
 	}
-	if (m == KUMO_NONE && !s->nready && oc->sm && (oc->lease[0] || provider_wanted(d, oc))) {
+	if (m == KUMO_NONE && !s->nready && oc->sm &&
+	    (oc->lease[0] || oc->prov_lease[0] || provider_wanted(d, oc))) {
 		/* nothing to send: give the cluster-wide lease, or the provider connection
 		 * another site waits for, back rather than idle on it */
 		oc->state = OC_QUITTING;
@@ -2109,11 +2248,19 @@ void kumo_delivery_dns_done(struct kumo_loop *l, uint64_t ud, int res)
 static void oc_tick(struct kumo_delivery *d, struct kumo_oconn *oc)
 {
 	uint64_t now = d->l->now_ms;
-	if (oc->lease[0] && d->throttle && now - oc->lease_renewed_ms >= LEASE_TTL_MS / 3) {
+	if ((oc->lease[0] || oc->prov_lease[0]) && d->throttle &&
+	    now - oc->lease_renewed_ms >= LEASE_TTL_MS / 3) {
 		char name[600];
 		lease_name(&d->l->queues.sites[oc->site], name, sizeof(name));
-		kumo_throttle_lease_renew(d->throttle, name, oc->lease, LEASE_TTL_MS, now, NULL,
-					  NULL);
+		if (oc->lease[0])
+			kumo_throttle_lease_renew(d->throttle, name, oc->lease, LEASE_TTL_MS, now,
+						  NULL, NULL);
+		if (oc->prov_lease[0] && oc->provider != KUMO_NONE) {
+			provider_key(d, &d->providers.v[oc->provider], "provider_connection_limit",
+				     name, sizeof(name));
+			kumo_throttle_lease_renew(d->throttle, name, oc->prov_lease, LEASE_TTL_MS,
+						  now, NULL, NULL);
+		}
 		oc->lease_renewed_ms = now;
 	}
 	if ((oc->state == OC_CONNECTING || oc->state == OC_PROXY) &&

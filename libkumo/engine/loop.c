@@ -320,7 +320,8 @@ static void take_kicks(struct kumo_loop *l)
 	do {
 		pthread_mutex_lock(&l->inject_lock);
 		n = l->nkicks < 64 ? l->nkicks : 64;
-		memcpy(s, l->kicks + l->nkicks - n, n * sizeof(*s));
+		if (n)
+			memcpy(s, l->kicks + l->nkicks - n, n * sizeof(*s));
 		l->nkicks -= n;
 		pthread_mutex_unlock(&l->inject_lock);
 		for (size_t i = 0; i < n; i++)

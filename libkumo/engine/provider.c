@@ -1,5 +1,5 @@
-/* Provider budgets (provider.h): the table of per-loop provider limits and the FIFO of
- * sites waiting for one of a provider's connections. */
+/* Provider budgets (provider.h): the table of per-loop provider limits and the FIFOs of
+ * sites waiting for one of a provider's connections or for its shared rate. */
 #include "engine/provider.h"
 #include "engine/queue.h"
 
@@ -28,36 +28,36 @@ bool kumo_provider_full(const struct kumo_provider_budget *b)
 	return b->conn_limit && b->nconns >= b->conn_limit;
 }
 
-bool kumo_provider_wait(struct kumo_provider_budget *b, uint32_t site)
+bool kumo_site_fifo_push(struct kumo_site_fifo *f, uint32_t site)
 {
-	for (size_t i = 0; i < b->nwaiting; i++)
-		if (b->waiting[i] == site)
+	for (size_t i = 0; i < f->n; i++)
+		if (f->v[i] == site)
 			return false;
-	if (b->nwaiting == b->capwaiting) {
-		size_t cap = b->capwaiting ? b->capwaiting * 2 : 8;
-		uint32_t *w = realloc(b->waiting, cap * sizeof(*w));
-		if (!w)
+	if (f->n == f->cap) {
+		size_t cap = f->cap ? f->cap * 2 : 8;
+		uint32_t *v = realloc(f->v, cap * sizeof(*v));
+		if (!v)
 			return false;
-		b->waiting = w;
-		b->capwaiting = cap;
+		f->v = v;
+		f->cap = cap;
 	}
-	b->waiting[b->nwaiting++] = site;
+	f->v[f->n++] = site;
 	return true;
 }
 
-uint32_t kumo_provider_next_waiter(struct kumo_provider_budget *b)
+uint32_t kumo_site_fifo_pop(struct kumo_site_fifo *f)
 {
-	if (!b->nwaiting)
+	if (!f->n)
 		return KUMO_NONE;
-	uint32_t site = b->waiting[0];
-	memmove(b->waiting, b->waiting + 1, --b->nwaiting * sizeof(*b->waiting));
+	uint32_t site = f->v[0];
+	memmove(f->v, f->v + 1, --f->n * sizeof(*f->v));
 	return site;
 }
 
-bool kumo_provider_others_wait(const struct kumo_provider_budget *b, uint32_t site)
+bool kumo_site_fifo_has_other(const struct kumo_site_fifo *f, uint32_t site)
 {
-	for (size_t i = 0; i < b->nwaiting; i++)
-		if (b->waiting[i] != site)
+	for (size_t i = 0; i < f->n; i++)
+		if (f->v[i] != site)
 			return true;
 	return false;
 }
@@ -66,7 +66,8 @@ void kumo_providers_free(struct kumo_providers *ps)
 {
 	for (size_t i = 0; i < ps->n; i++) {
 		free(ps->v[i].name);
-		free(ps->v[i].waiting);
+		free(ps->v[i].waiting.v);
+		free(ps->v[i].token_waiting.v);
 	}
 	free(ps->v);
 	ps->v = NULL;

@@ -48,17 +48,17 @@ static void waiters_are_served_oldest_first_once_each(void **state)
 	assert_int_equal(i, 0);
 	struct kumo_provider_budget *b = &ps.v[i];
 	for (uint32_t site = 0; site < 20; site++)
-		assert_true(kumo_provider_wait(b, site));
-	assert_false(kumo_provider_wait(b, 3)); /* already waiting */
-	assert_int_equal(b->nwaiting, 20);
-	assert_true(kumo_provider_others_wait(b, 0));
+		assert_true(kumo_site_fifo_push(&b->waiting, site));
+	assert_false(kumo_site_fifo_push(&b->waiting, 3)); /* already waiting */
+	assert_int_equal(b->waiting.n, 20);
+	assert_true(kumo_site_fifo_has_other(&b->waiting, 0));
 	for (uint32_t site = 0; site < 20; site++)
-		assert_int_equal(kumo_provider_next_waiter(b), site);
-	assert_int_equal(kumo_provider_next_waiter(b), KUMO_NONE);
-	assert_false(kumo_provider_others_wait(b, 7));
-	assert_true(kumo_provider_wait(b, 7));
-	assert_false(kumo_provider_others_wait(b, 7)); /* only the asking site itself */
-	assert_true(kumo_provider_others_wait(b, 8));
+		assert_int_equal(kumo_site_fifo_pop(&b->waiting), site);
+	assert_int_equal(kumo_site_fifo_pop(&b->waiting), KUMO_NONE);
+	assert_false(kumo_site_fifo_has_other(&b->waiting, 7));
+	assert_true(kumo_site_fifo_push(&b->waiting, 7));
+	assert_false(kumo_site_fifo_has_other(&b->waiting, 7)); /* only the asking site itself */
+	assert_true(kumo_site_fifo_has_other(&b->waiting, 8));
 	kumo_providers_free(&ps);
 }
 
