@@ -195,7 +195,7 @@ def test_pool_rule_naming_an_unknown_pool_is_refused(tmp_path):
     assert "%s:" % cfg in r.stderr and 'no [[egress_pool]] named "nope"' in r.stderr, r.stderr
 
 
-def test_two_nodes_share_one_rate_through_redis(kumod, tmp_path):
+def start_redis():
     import shutil
     redis = shutil.which("redis-server")
     if not redis:
@@ -204,6 +204,12 @@ def test_two_nodes_share_one_rate_through_redis(kumod, tmp_path):
     port = free_port()
     rp = subprocess.Popen([redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                            "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return rp, port
+
+
+def test_two_nodes_share_one_rate_through_redis(kumod, tmp_path):
+    rp, port = start_redis()
     sink = CountingSink()
     try:
         time.sleep(0.5)
@@ -228,14 +234,7 @@ def test_two_nodes_share_one_rate_through_redis(kumod, tmp_path):
 
 
 def test_two_nodes_share_one_connection_limit_through_redis(kumod, tmp_path):
-    import shutil
-    redis = shutil.which("redis-server")
-    if not redis:
-        import pytest
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    rp = subprocess.Popen([redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                           "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    rp, port = start_redis()
     sink = CountingSink()
     sink.delay = 0.05  # slow answers keep connections busy, so both nodes want more
     try:
@@ -405,19 +404,6 @@ def test_provider_connection_limit_is_per_node(kumod, tmp_path):
     finally:
         a.close()
         b.close()
-
-
-def start_redis():
-    import shutil
-    redis = shutil.which("redis-server")
-    if not redis:
-        import pytest
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    rp = subprocess.Popen([redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                           "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    time.sleep(0.5)
-    return rp, port
 
 
 def provider_nodes(kumod, tmp_path, a, b, limits, redis_port):
