@@ -253,6 +253,23 @@ static void gcra_take(double T, double *tat, double now)
 		*tat = (*tat > now ? *tat : now) + T;
 }
 
+/* GCRA over the node-wide state of slot, or over the local *tat without one. */
+static uint64_t rate_wait(struct kumo_delivery *d, struct kumo_node_slot *slot,
+			  enum kumo_rate_kind kind, double T, double tau, double tat, double now)
+{
+	return slot ? kumo_node_gcra_wait(&d->l->e->node_limits, slot, kind, T, tau, now)
+		    : gcra_wait(T, tau, tat, now);
+}
+
+static void rate_take(struct kumo_delivery *d, struct kumo_node_slot *slot,
+		      enum kumo_rate_kind kind, double T, double *tat, double now)
+{
+	if (slot)
+		kumo_node_gcra_take(&d->l->e->node_limits, slot, kind, T, now);
+	else
+		gcra_take(T, tat, now);
+}
+
 /* The budget of the first matching provider that sets provider_connection_limit or
  * provider_max_message_rate, for the site's egress source; KUMO_NONE without one. */
 static uint32_t provider_budget(struct kumo_delivery *d, const struct kumo_shaping_params *p,
@@ -279,15 +296,16 @@ static uint32_t provider_budget(struct kumo_delivery *d, const struct kumo_shapi
 		b->shared_burst = rate.burst;
 		rate.count = 0;
 	}
-	if (d->throttle && b->conn_limit && !sp->connection_limit.local) {
+	char key[300];
+	snprintf(key, sizeof(key), "%s\x1f%u", sp->name, source);
+	struct kumo_node_limits *nl = &d->l->e->node_limits;
+	if (d->throttle && b->conn_limit && !sp->connection_limit.local)
 		b->shared_conn_limit = b->conn_limit; /* one lease per connection, all nodes */
-	} else if (b->conn_limit) {
-		char key[300];
-		snprintf(key, sizeof(key), "%s\x1f%u", sp->name, source);
-		b->node_slot = kumo_node_slot_get(&d->l->e->node_limits, key, KUMO_SLOT_PROVIDER,
-						  d->l->index, i);
-	}
-	gcra_setup(&rate, nloops, &b->T, &b->tau);
+	else if (b->conn_limit)
+		b->node_slot = kumo_node_slot_get(nl, key, KUMO_SLOT_PROVIDER, d->l->index, i);
+	b->rate_slot =
+		rate.count ? kumo_node_slot_get(nl, key, KUMO_SLOT_PROVIDER, d->l->index, i) : NULL;
+	gcra_setup(&rate, b->rate_slot ? 1 : nloops, &b->T, &b->tau);
 	return i;
 }
 
@@ -300,7 +318,7 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 	s->shaped = true;
 	s->conn_limit = d->conn_limit;
 	s->provider = KUMO_NONE;
-	s->node_slot = NULL;
+	s->node_slot = s->rate_slot = NULL;
 	s->max_ready = 0;
 	s->max_deliveries = d->max_deliveries;
 	s->idle_ms = d->idle_ms;
@@ -352,8 +370,14 @@ static void shape_site(struct kumo_delivery *d, uint32_t si, const char *domain)
 		s->shared_burst = mr.burst;
 		mr.count = 0;
 	}
-	gcra_setup(&mr, nloops, &s->msg_T, &s->msg_tau);
-	gcra_setup(&p.max_connection_rate, nloops, &s->conn_T, &s->conn_tau);
+	/* one GCRA state for all loops (each its own share only if that could not be had) */
+	s->rate_slot = mr.count || p.max_connection_rate.count
+			       ? kumo_node_slot_get(&l->e->node_limits, s->name, KUMO_SLOT_SITE,
+						    l->index, si)
+			       : NULL;
+	unsigned share = s->rate_slot ? 1 : nloops;
+	gcra_setup(&mr, share, &s->msg_T, &s->msg_tau);
+	gcra_setup(&p.max_connection_rate, share, &s->conn_T, &s->conn_tau);
 }
 
 /* The pool of the first rule of kind match naming [name, name + len), or -1. */
@@ -1007,13 +1031,15 @@ static void provider_key(const struct kumo_delivery *d, const struct kumo_provid
 
 
 /* How long the site's next transaction must wait for its own and its provider's rate. */
-static uint64_t message_wait(const struct kumo_delivery *d, const struct kumo_site *s,
+static uint64_t message_wait(struct kumo_delivery *d, const struct kumo_site *s,
 			     double now)
 {
-	uint64_t wait = gcra_wait(s->msg_T, s->msg_tau, s->msg_tat, now);
+	uint64_t wait = rate_wait(d, s->rate_slot, KUMO_RATE_MESSAGES, s->msg_T, s->msg_tau,
+				  s->msg_tat, now);
 	if (s->provider != KUMO_NONE) {
 		const struct kumo_provider_budget *b = &d->providers.v[s->provider];
-		uint64_t w = gcra_wait(b->T, b->tau, b->tat, now);
+		uint64_t w =
+			rate_wait(d, b->rate_slot, KUMO_RATE_MESSAGES, b->T, b->tau, b->tat, now);
 		wait = w > wait ? w : wait;
 	}
 	return wait;
@@ -1586,7 +1612,8 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 		}
 		if (s->nconns >= limit || s->nconnecting >= s->nready)
 			break;
-		if ((wait = gcra_wait(s->conn_T, s->conn_tau, s->conn_tat, now))) {
+		if ((wait = rate_wait(d, s->rate_slot, KUMO_RATE_CONNECTIONS, s->conn_T, s->conn_tau,
+				      s->conn_tat, now))) {
 			site_timer(d, site, wait);
 			break;
 		}
@@ -1595,7 +1622,7 @@ static void site_kick(struct kumo_delivery *d, uint32_t site)
 		if (!take_node_slots(d, site))
 			break; /* a connection closing, here or on another loop, kicks the site */
 		s = &d->l->queues.sites[site];
-		gcra_take(s->conn_T, &s->conn_tat, now);
+		rate_take(d, s->rate_slot, KUMO_RATE_CONNECTIONS, s->conn_T, &s->conn_tat, now);
 		oc_open(d, site);
 		s = &d->l->queues.sites[site];
 		if (source_unhealthy(d, s->source))
@@ -1718,10 +1745,10 @@ static void oc_take(struct kumo_delivery *d, struct kumo_oconn *oc)
 	uint32_t m = d->stopping || wait ? KUMO_NONE
 					 : kumo_list_pop(&l->queues, &s->ready_head, &s->ready_tail);
 	if (m != KUMO_NONE) {
-		gcra_take(s->msg_T, &s->msg_tat, now);
+		rate_take(d, s->rate_slot, KUMO_RATE_MESSAGES, s->msg_T, &s->msg_tat, now);
 		if (s->provider != KUMO_NONE) {
 			struct kumo_provider_budget *b = &d->providers.v[s->provider];
-			gcra_take(b->T, &b->tat, now);
+			rate_take(d, b->rate_slot, KUMO_RATE_MESSAGES, b->T, &b->tat, now);
 			b->token_ready = false;
 		}
 		s->token_ready = false;

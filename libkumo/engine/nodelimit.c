@@ -105,3 +105,24 @@ bool kumo_node_slot_contended(const struct kumo_node_slot *s, unsigned loop)
 {
 	return (atomic_load(&s->waiting) & ~loop_bit(loop)) != 0;
 }
+
+uint64_t kumo_node_gcra_wait(struct kumo_node_limits *n, struct kumo_node_slot *s,
+			     enum kumo_rate_kind kind, double T, double tau, double now)
+{
+	pthread_mutex_lock(&n->lock);
+	double tat = s->tat[kind];
+	pthread_mutex_unlock(&n->lock);
+	if (T == 0 || now >= tat - tau)
+		return 0;
+	return (uint64_t)(tat - tau - now) + 1;
+}
+
+void kumo_node_gcra_take(struct kumo_node_limits *n, struct kumo_node_slot *s,
+			 enum kumo_rate_kind kind, double T, double now)
+{
+	if (T == 0)
+		return;
+	pthread_mutex_lock(&n->lock);
+	s->tat[kind] = (s->tat[kind] > now ? s->tat[kind] : now) + T;
+	pthread_mutex_unlock(&n->lock);
+}

@@ -1,7 +1,8 @@
-/* Node-wide connection limits: a shaped connection_limit or provider_connection_limit
- * counts the connections of every loop together, so a limit of 1 is one connection per
- * kumod whatever its thread count. A loop refused a slot is recorded as waiting and is
- * woken (through its kick list and eventfd) when another loop frees one. */
+/* Node-wide limits: a shaped connection_limit or provider_connection_limit counts the
+ * connections of every loop together, so a limit of 1 is one connection per kumod
+ * whatever its thread count; a loop refused a slot is recorded as waiting and is woken
+ * (through its kick list and eventfd) when another loop frees one. Shaped rates keep one
+ * GCRA state per site or provider for all loops. */
 #ifndef KUMO_ENGINE_NODELIMIT_H
 #define KUMO_ENGINE_NODELIMIT_H
 
@@ -14,6 +15,8 @@ struct kumo_engine;
 struct kumo_loop;
 
 enum kumo_slot_kind { KUMO_SLOT_SITE = 0, KUMO_SLOT_PROVIDER };
+/* The rates a slot keeps: messages (transactions) and new connections. */
+enum kumo_rate_kind { KUMO_RATE_MESSAGES = 0, KUMO_RATE_CONNECTIONS, KUMO_RATE_KINDS };
 
 /* One limited thing (a site or a provider budget). Lives until the engine is freed, so
  * loops keep plain pointers to it. */
@@ -24,6 +27,7 @@ struct kumo_node_slot {
 	unsigned count;                /* connections held, all loops (under the lock) */
 	_Atomic uint64_t waiting;      /* loops refused a slot: bit = loop index % 64 */
 	uint32_t *local;               /* per loop: its site or provider index, or KUMO_NONE */
+	double tat[KUMO_RATE_KINDS];   /* GCRA theoretical arrival times, ms (under the lock) */
 };
 
 struct kumo_node_limits {
@@ -46,5 +50,11 @@ bool kumo_node_slot_take(struct kumo_node_limits *n, struct kumo_node_slot *s, u
 void kumo_node_slot_release(struct kumo_engine *e, struct kumo_node_slot *s);
 /* True when a loop other than loop waits for the slot. */
 bool kumo_node_slot_contended(const struct kumo_node_slot *s, unsigned loop);
+/* GCRA with emission interval T and tolerance tau (ms) over the slot's rate kind: the
+ * wait before the next event may happen (0: now), and taking one event. */
+uint64_t kumo_node_gcra_wait(struct kumo_node_limits *n, struct kumo_node_slot *s,
+			     enum kumo_rate_kind kind, double T, double tau, double now);
+void kumo_node_gcra_take(struct kumo_node_limits *n, struct kumo_node_slot *s,
+			 enum kumo_rate_kind kind, double T, double now);
 
 #endif

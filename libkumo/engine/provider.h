@@ -21,6 +21,7 @@ struct kumo_provider_budget {
 	unsigned nconns;          /* connections open to the provider's sites */
 	unsigned conn_limit;      /* 0: no connection budget; the whole node's */
 	struct kumo_node_slot *node_slot; /* the count over all loops, or NULL */
+	struct kumo_node_slot *rate_slot; /* the GCRA state of all loops, or NULL */
 	double T, tau, tat;       /* GCRA over transactions; T 0: no rate */
 	struct kumo_site_fifo waiting;  /* sites waiting for a connection */
 	/* shared through Redis with other nodes (limits not marked "local:") */

@@ -67,6 +67,7 @@ struct kumo_site {
 	uint64_t max_ready;     /* 0: no bound on the ready queue */
 	uint32_t provider;      /* its provider budget (delivery's table), or KUMO_NONE */
 	struct kumo_node_slot *node_slot; /* conn_limit counted over all loops, or NULL */
+	struct kumo_node_slot *rate_slot; /* keeps the GCRA state for all loops, or NULL */
 	uint64_t idle_ms;
 	double msg_T, msg_tau, msg_tat;    /* GCRA for messages: interval, tolerance, TAT (ms) */
 	double conn_T, conn_tau, conn_tat; /* GCRA for new connections */

@@ -457,3 +457,25 @@ def test_two_nodes_share_one_provider_rate_through_redis(kumod, tmp_path):
         b.close()
         rp.terminate()
         rp.wait(timeout=10)
+
+
+def test_message_rate_is_per_node_when_one_thread_has_the_mail(kumod, tmp_path):
+    """max_message_rate = "40/s" with two threads, all mail received (and so queued) by one
+    of them: the site still gets 40/s, not that thread's half."""
+    sink = CountingSink()
+    shaping = tmp_path / "shaping.toml"
+    shaping.write_text('["node.test"]\nmax_message_rate = "40/s"\n')
+    k = kumod(threads=2, extra='[routing]\nsmart_host = "127.0.0.1:%d"\n[shaping]\n'
+                               'files = ["%s"]\n' % (sink.port, shaping))
+    try:
+        inject(k, 240, "node.test", conns=1)
+        t_end = time.monotonic() + 30
+        while time.monotonic() < t_end and len(sink.arrivals) < 240:
+            time.sleep(0.2)
+        arr = sorted(sink.arrivals)
+        assert len(arr) == 240
+        # after the burst of 40: 200 more at 40/s, 5 s (at 20/s it would be 10 s)
+        span = arr[-1] - arr[0]
+        assert 4.3 <= span <= 6.5, span
+    finally:
+        sink.close()
