@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "util/toml.h"
+#include "util/file.h"
 
 const char kumod_default_config[] =
 	"# kumod's embedded default configuration\n"
@@ -772,30 +773,14 @@ int kumod_config_parse(const char *text, size_t len, const char *name,
 
 int kumod_config_load(const char *path, struct kumod_config *out, char *err, size_t errcap)
 {
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		snprintf(err, errcap, "%s: %s", path, strerror(errno));
-		return -errno;
+	char *text;
+	size_t len;
+	int rc = kumo_read_file(path, &text, &len);
+	if (rc < 0) {
+		snprintf(err, errcap, "%s: %s", path, strerror(-rc));
+		return rc;
 	}
-	char *text = NULL;
-	size_t len = 0, cap = 0, n;
-	char chunk[65536];
-	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-		if (len + n > cap) {
-			cap = (len + n) * 2;
-			char *t = realloc(text, cap);
-			if (!t) {
-				free(text);
-				fclose(f);
-				return -ENOMEM;
-			}
-			text = t;
-		}
-		memcpy(text + len, chunk, n);
-		len += n;
-	}
-	fclose(f);
-	int rc = kumod_config_parse(text ? text : "", len, path, out, err, errcap);
+	rc = kumod_config_parse(text, len, path, out, err, errcap);
 	free(text);
 	return rc;
 }

@@ -21,6 +21,7 @@
 
 #include "proto/socks5.h"
 #include "util/json.h"
+#include "util/net.h"
 
 #define RING_ENTRIES 4096
 #define LOG_BACKLOG_MAX (8u << 20) /* unwritten session records held per loop */
@@ -1096,25 +1097,6 @@ static void dispatch(struct kproxy_loop *l, const struct io_uring_cqe *cqe)
 
 /* ---- Setup and thread ---- */
 
-static int listen_socket(const struct kproxy_cfg *cfg)
-{
-	int fd = socket(cfg->listen.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	int one = 1;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-	if (cfg->listen.ss_family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, (const struct sockaddr *)&cfg->listen, cfg->listen_len) < 0 ||
-	    listen(fd, 4096) < 0) {
-		int err = -errno;
-		close(fd);
-		return err;
-	}
-	return fd;
-}
-
 int kproxy_loop_new(struct kproxy *px, unsigned id, struct kproxy_loop **out)
 {
 	const struct kproxy_cfg *cfg = &px->cfg;
@@ -1163,7 +1145,7 @@ int kproxy_loop_new(struct kproxy *px, unsigned id, struct kproxy_loop **out)
 		err = -errno;
 		goto out_free;
 	}
-	l->listen_fd = listen_socket(cfg);
+	l->listen_fd = kumo_listen_socket(&cfg->listen, cfg->listen_len);
 	if (l->listen_fd < 0) {
 		err = l->listen_fd;
 		goto out_free;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "proxy.h"
+#include "util/net.h"
 
 static void diag(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -91,7 +92,7 @@ static int parse_args(int argc, char **argv, struct kproxy_cfg *cfg, struct opts
 		const char *bad = NULL;
 		switch (c) {
 		case 'l':
-			if (kproxy_parse_addr(optarg, &cfg->listen, &cfg->listen_len) < 0)
+			if (kumo_parse_address(optarg, &cfg->listen, &cfg->listen_len) < 0)
 				bad = "--listen";
 			break;
 		case 'u':
@@ -121,7 +122,7 @@ static int parse_args(int argc, char **argv, struct kproxy_cfg *cfg, struct opts
 				bad = "--handshake-timeout";
 			break;
 		case 'm':
-			if (kproxy_parse_addr(optarg, &cfg->metrics, &cfg->metrics_len) < 0)
+			if (kumo_parse_address(optarg, &cfg->metrics, &cfg->metrics_len) < 0)
 				bad = "--metrics";
 			break;
 		case 'L':
@@ -190,7 +191,7 @@ int main(int argc, char **argv)
 
 	memset(&px, 0, sizeof(px));
 	struct kproxy_cfg *cfg = &px.cfg;
-	kproxy_parse_addr("127.0.0.1:1080", &cfg->listen, &cfg->listen_len);
+	kumo_parse_address("127.0.0.1:1080", &cfg->listen, &cfg->listen_len);
 	cfg->max_connections = KPROXY_DEFAULT_MAX_CONNECTIONS;
 	cfg->idle_ms = KPROXY_DEFAULT_IDLE_MS;
 	cfg->connect_ms = KPROXY_DEFAULT_CONNECT_MS;

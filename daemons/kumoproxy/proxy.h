@@ -121,8 +121,6 @@ bool kproxy_users_check(const struct kproxy_users *u, const char *name, size_t n
 			const char *pass, size_t pass_len);
 void kproxy_users_free(struct kproxy_users *u);
 
-/* "1.2.3.4:25", "[::1]:25"; 0 or -EINVAL. */
-int kproxy_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 /* "10.0.0.0/8", "2001:db8::/32", a bare address (a /32 or /128); 0 or -EINVAL. */
 int kproxy_parse_cidr(const char *s, struct kproxy_cidr *c);
 bool kproxy_cidr_match(const struct kproxy_cidr *c, const struct sockaddr *sa);

@@ -12,45 +12,8 @@
 
 #include "engine/shaping.h"
 #include "util/toml.h"
-
-int tsa_parse_address(const char *s, struct sockaddr_storage *ss, socklen_t *len)
-{
-	const char *colon = strrchr(s, ':');
-	char host[64];
-	if (!colon || colon == s)
-		return -EINVAL;
-	size_t hl = (size_t)(colon - s);
-	const char *h = s;
-	if (s[0] == '[') {
-		if (hl < 2 || s[hl - 1] != ']')
-			return -EINVAL;
-		h++;
-		hl -= 2;
-	}
-	if (hl >= sizeof(host))
-		return -EINVAL;
-	memcpy(host, h, hl);
-	host[hl] = 0;
-	char *end;
-	long port = strtol(colon + 1, &end, 10);
-	if (*end || end == colon + 1 || port < 0 || port > 65535)
-		return -EINVAL;
-	memset(ss, 0, sizeof(*ss));
-	struct sockaddr_in *in = (struct sockaddr_in *)ss;
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-	if (s[0] != '[' && inet_pton(AF_INET, host, &in->sin_addr) == 1) {
-		in->sin_family = AF_INET;
-		in->sin_port = htons((uint16_t)port);
-		*len = sizeof(*in);
-	} else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
-		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((uint16_t)port);
-		*len = sizeof(*in6);
-	} else {
-		return -EINVAL;
-	}
-	return 0;
-}
+#include "util/net.h"
+#include "util/file.h"
 
 struct ctx {
 	const char *name;
@@ -175,7 +138,7 @@ int tsa_config_parse(const char *text, size_t len, const char *name, struct tsa_
 		rc = -ENOMEM;
 		goto out;
 	}
-	if (tsa_parse_address(c->listen, &c->addr, &c->addrlen) < 0) {
+	if (kumo_parse_address(c->listen, &c->addr, &c->addrlen) < 0) {
 		rc = fail(&x, kumo_toml_get(root, "listen"), "listen",
 			  "expected \"ip:port\" or \"[ipv6]:port\", got \"%s\"", c->listen);
 		goto out;
@@ -233,40 +196,16 @@ out:
 
 int tsa_config_load(const char *path, struct tsa_config *c, char *err, size_t errcap)
 {
-	FILE *f = fopen(path, "rb");
+	char *text;
+	size_t len;
 	memset(c, 0, sizeof(*c));
-	if (!f) {
-		int e = errno;
+	int rc = kumo_read_file(path, &text, &len);
+	if (rc < 0) {
 		if (errcap)
-			snprintf(err, errcap, "%s: %s", path, strerror(e));
-		return -e;
+			snprintf(err, errcap, "%s: %s", path, strerror(-rc));
+		return rc;
 	}
-	char *text = NULL;
-	size_t len = 0, cap = 0, n;
-	char chunk[8192];
-	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-		if (len + n > cap) {
-			cap = (len + n) * 2;
-			char *t = realloc(text, cap);
-			if (!t) {
-				free(text);
-				fclose(f);
-				return -ENOMEM;
-			}
-			text = t;
-		}
-		memcpy(text + len, chunk, n);
-		len += n;
-	}
-	int rerr = ferror(f) ? errno : 0;
-	fclose(f);
-	if (rerr) {
-		free(text);
-		if (errcap)
-			snprintf(err, errcap, "%s: %s", path, strerror(rerr));
-		return -rerr;
-	}
-	int rc = tsa_config_parse(text ? text : "", len, path, c, err, errcap);
+	rc = tsa_config_parse(text, len, path, c, err, errcap);
 	free(text);
 	return rc;
 }

@@ -36,7 +36,5 @@ int tsa_config_parse(const char *text, size_t len, const char *name, struct tsa_
 		     char *err, size_t errcap);
 void tsa_config_free(struct tsa_config *c);
 
-/* "ip:port" or "[ipv6]:port" to a socket address: 0 or -EINVAL. */
-int tsa_parse_address(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 
 #endif

@@ -4,6 +4,7 @@
  * lock is held while a loop reads it. */
 #include "engine/internal.h"
 #include "engine/shaping.h"
+#include "util/file.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -211,26 +212,11 @@ static int load_with_overlay(struct kumo_engine *e, const char *toml, size_t len
 	char **bufs = calloc(n ? n : 1, sizeof(char *));
 	int rc = t && bufs ? 0 : -ENOMEM;
 	for (size_t i = 0; !rc && i < e->nshaping_files; i++) {
-		FILE *f = fopen(e->shaping_files[i], "rb");
-		size_t cap = 0, got = 0, r;
-		if (!f) {
-			snprintf(err, errcap, "%s: %s", e->shaping_files[i], strerror(errno));
-			rc = -errno;
+		size_t got = 0;
+		if ((rc = kumo_read_file(e->shaping_files[i], &bufs[i], &got)) < 0) {
+			snprintf(err, errcap, "%s: %s", e->shaping_files[i], strerror(-rc));
 			break;
 		}
-		do {
-			if (got == cap) {
-				char *nb = realloc(bufs[i], cap = cap ? cap * 2 : 65536);
-				if (!nb) {
-					rc = -ENOMEM;
-					break;
-				}
-				bufs[i] = nb;
-			}
-			r = fread(bufs[i] + got, 1, cap - got, f);
-			got += r;
-		} while (r > 0);
-		fclose(f);
 		t[i] = (struct kumo_shaping_text){.name = e->shaping_files[i], .data = bufs[i],
 						  .len = got};
 	}

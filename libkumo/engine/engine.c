@@ -2,6 +2,7 @@
  * listeners, policy, threads (one loop each), graceful stop, injection from code. */
 #include "engine/internal.h"
 #include "engine/shaping.h"
+#include "util/net.h"
 
 #include <errno.h>
 #include <dirent.h>
@@ -184,50 +185,11 @@ out_free:
 	return err;
 }
 
-static int parse_address(const char *s, struct sockaddr_storage *ss, socklen_t *len)
-{
-	char host[64];
-	const char *colon = strrchr(s, ':');
-	if (!colon || colon == s)
-		return -EINVAL;
-	size_t hl = (size_t)(colon - s);
-	const char *h = s;
-	if (s[0] == '[') {
-		if (s[hl - 1] != ']')
-			return -EINVAL;
-		h++;
-		hl -= 2;
-	}
-	if (hl >= sizeof(host))
-		return -EINVAL;
-	memcpy(host, h, hl);
-	host[hl] = 0;
-	char *end;
-	long port = strtol(colon + 1, &end, 10);
-	if (*end || end == colon + 1 || port < 0 || port > 65535)
-		return -EINVAL;
-	memset(ss, 0, sizeof(*ss));
-	struct sockaddr_in *in = (struct sockaddr_in *)ss;
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-	if (inet_pton(AF_INET, host, &in->sin_addr) == 1) {
-		in->sin_family = AF_INET;
-		in->sin_port = htons((uint16_t)port);
-		*len = sizeof(*in);
-	} else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
-		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((uint16_t)port);
-		*len = sizeof(*in6);
-	} else {
-		return -EINVAL;
-	}
-	return 0;
-}
-
 int kumo_address_check(const char *address)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
-	return parse_address(address, &ss, &len);
+	return kumo_parse_address(address, &ss, &len);
 }
 
 int kumo_cidr_check(const char *cidr)
@@ -285,7 +247,7 @@ int kumo_engine_add_listener(struct kumo_engine *e, const struct kumo_listener_c
 	e->listeners = arr;
 	struct kumo_listener *lst = &arr[e->nlisteners];
 	memset(lst, 0, sizeof(*lst));
-	int err = parse_address(cfg->address, &lst->addr, &lst->addrlen);
+	int err = kumo_parse_address(cfg->address, &lst->addr, &lst->addrlen);
 	if (err < 0)
 		return err;
 	lst->address = strdup(cfg->address);
@@ -375,9 +337,9 @@ int kumo_engine_add_source(struct kumo_engine *e, const struct kumo_source_cfg *
 	if (parse_ip(cfg->source_address, &src.addr) < 0 ||
 	    parse_ip(cfg->socks5_proxy_source_address, &src.socks5_source) < 0 ||
 	    parse_ip(cfg->ha_proxy_source_address, &src.ha_source) < 0 ||
-	    (cfg->socks5_proxy_server && parse_address(cfg->socks5_proxy_server, &src.socks5,
+	    (cfg->socks5_proxy_server && kumo_parse_address(cfg->socks5_proxy_server, &src.socks5,
 						       &len) < 0) ||
-	    (cfg->ha_proxy_server && parse_address(cfg->ha_proxy_server, &src.ha, &len) < 0) ||
+	    (cfg->ha_proxy_server && kumo_parse_address(cfg->ha_proxy_server, &src.ha, &len) < 0) ||
 	    (cfg->ha_proxy_server && !cfg->ha_proxy_source_address) ||
 	    (cfg->ha_proxy_server && cfg->socks5_proxy_server) ||
 	    (cfg->socks5_proxy_username && !cfg->socks5_proxy_password))

@@ -2,6 +2,7 @@
  * accept), a once-a-second timer, an eventfd for stop requests and injected messages,
  * and the completion dispatch (a single switch on the op code of user_data). */
 #include "engine/internal.h"
+#include "util/net.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,25 +32,6 @@ struct io_uring_sqe *kumo_loop_sqe(struct kumo_loop *l)
 	}
 	l->sq_pending++;
 	return sqe; /* never NULL after a submit: the SQ ring was just emptied */
-}
-
-static int listen_socket(const struct kumo_listener *lst)
-{
-	int fd = socket(lst->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	int one = 1;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-	if (lst->addr.ss_family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, (const struct sockaddr *)&lst->addr, lst->addrlen) < 0 ||
-	    listen(fd, 4096) < 0) {
-		int err = -errno;
-		close(fd);
-		return err;
-	}
-	return fd;
 }
 
 static void arm_accept(struct kumo_loop *l, unsigned i)
@@ -100,7 +82,7 @@ int kumo_loop_listen(struct kumo_loop *l)
 	for (size_t i = 0; i < e->nlisteners; i++)
 		l->listen_fds[i] = -1;
 	for (size_t i = 0; i < e->nlisteners; i++) {
-		int fd = listen_socket(&e->listeners[i]);
+		int fd = kumo_listen_socket(&e->listeners[i].addr, e->listeners[i].addrlen);
 		if (fd < 0) {
 			kumo_elog(e, KUMO_LOG_ERROR, "cannot listen on %s: %s",
 				  e->listeners[i].address, strerror(-fd));
