@@ -1053,56 +1053,81 @@ static void json_time(struct kumo_json *j, const char *key, int64_t ms)
 	kumo_json_str(j, when);
 }
 
+static void json_ready_q(struct kumo_json *j, const struct tsa_action *a)
+{
+	char queue[1024];
+	snprintf(queue, sizeof(queue), "%s->%s", a->source, a->site);
+	kumo_json_obj_open(j);
+	kumo_json_key(j, "rule_hash");
+	kumo_json_str(j, a->rule_hash);
+	kumo_json_key(j, "site_name");
+	kumo_json_str(j, queue);
+	kumo_json_key(j, "site");
+	kumo_json_str(j, a->site);
+	kumo_json_key(j, "source");
+	kumo_json_str(j, a->source);
+	kumo_json_key(j, "domain");
+	kumo_json_str_or_null(j, a->domain);
+	kumo_json_key(j, "reason");
+	kumo_json_str(j, a->reason ? a->reason : "");
+	json_time(j, "expires", a->expires_ms);
+	kumo_json_obj_close(j);
+}
+
+/* A scheduled-queue action (suspension or bounce); a missing tenant is "" or null. */
+static void json_sched_q(struct kumo_json *j, const struct tsa_action *a, bool null_tenant)
+{
+	kumo_json_obj_open(j);
+	kumo_json_key(j, "rule_hash");
+	kumo_json_str(j, a->rule_hash);
+	kumo_json_key(j, "domain");
+	kumo_json_str(j, a->domain ? a->domain : "");
+	kumo_json_key(j, "tenant");
+	if (null_tenant)
+		kumo_json_str_or_null(j, a->tenant);
+	else
+		kumo_json_str(j, a->tenant ? a->tenant : "");
+	kumo_json_key(j, "campaign");
+	kumo_json_str_or_null(j, a->campaign);
+	kumo_json_key(j, "reason");
+	kumo_json_str(j, a->reason ? a->reason : "");
+	json_time(j, "expires", a->expires_ms);
+	kumo_json_obj_close(j);
+}
+
+static void json_suspended(struct kumo_json *j, const struct tsa_action *a)
+{
+	json_sched_q(j, a, false);
+}
+
+static void json_bounced(struct kumo_json *j, const struct tsa_action *a)
+{
+	json_sched_q(j, a, true);
+}
+
+/* An array of the active actions that filter selects, soonest expiry first. */
+static void json_actions(struct kumo_json *j, const struct tsa_engine *e, int64_t now_ms,
+			 bool (*filter)(enum tsa_kind),
+			 void (*write)(struct kumo_json *, const struct tsa_action *))
+{
+	size_t n;
+	const struct tsa_action **v = collect(e, now_ms, filter, cmp_expiry, &n);
+	kumo_json_arr_open(j);
+	for (size_t i = 0; v && i < n; i++)
+		write(j, v[i]);
+	kumo_json_arr_close(j);
+	free(v);
+}
+
 void tsa_engine_suspensions_json(const struct tsa_engine *e, int64_t now_ms, struct kumo_buf *out)
 {
 	struct kumo_json j;
-	size_t n;
 	kumo_json_init(&j, out);
 	kumo_json_obj_open(&j);
 	kumo_json_key(&j, "ready_q");
-	kumo_json_arr_open(&j);
-	const struct tsa_action **v = collect(e, now_ms, kind_ready_q, cmp_expiry, &n);
-	for (size_t i = 0; v && i < n; i++) {
-		char queue[1024];
-		snprintf(queue, sizeof(queue), "%s->%s", v[i]->source, v[i]->site);
-		kumo_json_obj_open(&j);
-		kumo_json_key(&j, "rule_hash");
-		kumo_json_str(&j, v[i]->rule_hash);
-		kumo_json_key(&j, "site_name");
-		kumo_json_str(&j, queue);
-		kumo_json_key(&j, "site");
-		kumo_json_str(&j, v[i]->site);
-		kumo_json_key(&j, "source");
-		kumo_json_str(&j, v[i]->source);
-		kumo_json_key(&j, "domain");
-		kumo_json_str_or_null(&j, v[i]->domain);
-		kumo_json_key(&j, "reason");
-		kumo_json_str(&j, v[i]->reason ? v[i]->reason : "");
-		json_time(&j, "expires", v[i]->expires_ms);
-		kumo_json_obj_close(&j);
-	}
-	free(v);
-	kumo_json_arr_close(&j);
+	json_actions(&j, e, now_ms, kind_ready_q, json_ready_q);
 	kumo_json_key(&j, "sched_q");
-	kumo_json_arr_open(&j);
-	v = collect(e, now_ms, kind_sched_q, cmp_expiry, &n);
-	for (size_t i = 0; v && i < n; i++) {
-		kumo_json_obj_open(&j);
-		kumo_json_key(&j, "rule_hash");
-		kumo_json_str(&j, v[i]->rule_hash);
-		kumo_json_key(&j, "domain");
-		kumo_json_str(&j, v[i]->domain ? v[i]->domain : "");
-		kumo_json_key(&j, "tenant");
-		kumo_json_str(&j, v[i]->tenant ? v[i]->tenant : "");
-		kumo_json_key(&j, "campaign");
-		kumo_json_str_or_null(&j, v[i]->campaign);
-		kumo_json_key(&j, "reason");
-		kumo_json_str(&j, v[i]->reason ? v[i]->reason : "");
-		json_time(&j, "expires", v[i]->expires_ms);
-		kumo_json_obj_close(&j);
-	}
-	free(v);
-	kumo_json_arr_close(&j);
+	json_actions(&j, e, now_ms, kind_sched_q, json_suspended);
 	kumo_json_obj_close(&j);
 	kumo_buf_putc(out, '\n');
 }
@@ -1110,27 +1135,8 @@ void tsa_engine_suspensions_json(const struct tsa_engine *e, int64_t now_ms, str
 void tsa_engine_bounces_json(const struct tsa_engine *e, int64_t now_ms, struct kumo_buf *out)
 {
 	struct kumo_json j;
-	size_t n;
 	kumo_json_init(&j, out);
-	kumo_json_arr_open(&j);
-	const struct tsa_action **v = collect(e, now_ms, tsa_kind_is_bounce, cmp_expiry, &n);
-	for (size_t i = 0; v && i < n; i++) {
-		kumo_json_obj_open(&j);
-		kumo_json_key(&j, "rule_hash");
-		kumo_json_str(&j, v[i]->rule_hash);
-		kumo_json_key(&j, "domain");
-		kumo_json_str(&j, v[i]->domain ? v[i]->domain : "");
-		kumo_json_key(&j, "tenant");
-		kumo_json_str_or_null(&j, v[i]->tenant);
-		kumo_json_key(&j, "campaign");
-		kumo_json_str_or_null(&j, v[i]->campaign);
-		kumo_json_key(&j, "reason");
-		kumo_json_str(&j, v[i]->reason ? v[i]->reason : "");
-		json_time(&j, "expires", v[i]->expires_ms);
-		kumo_json_obj_close(&j);
-	}
-	free(v);
-	kumo_json_arr_close(&j);
+	json_actions(&j, e, now_ms, tsa_kind_is_bounce, json_bounced);
 	kumo_buf_putc(out, '\n');
 }
 

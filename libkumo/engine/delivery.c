@@ -1472,6 +1472,15 @@ static void **answer_arg(struct kumo_delivery *d, uint32_t index)
 	return arg;
 }
 
+/* Frees an answer_arg: the loop's delivery (NULL when it has none) and the index. */
+static struct kumo_delivery *answer_take(void *arg, uint32_t *index)
+{
+	struct kumo_loop *l = ((void **)arg)[0];
+	*index = (uint32_t)(uintptr_t)((void **)arg)[1];
+	free(arg);
+	return l->dlv;
+}
+
 /* Asks Redis for a connection lease of name (limit at once); false when the request went
  * out (cb answers), true when none could be made: the caller goes on (local fallback). */
 static bool ask_lease(struct kumo_delivery *d, const char *name, uint64_t limit,
@@ -1510,13 +1519,11 @@ static bool ask_token(struct kumo_delivery *d, const char *name, uint64_t count,
 
 static void lease_answer(void *arg, bool granted, const char *lease_id)
 {
-	struct kumo_loop *l = ((void **)arg)[0];
-	uint32_t si = (uint32_t)(uintptr_t)((void **)arg)[1];
-	free(arg);
-	struct kumo_delivery *d = l->dlv;
-	if (!d || si >= l->queues.nsites)
+	uint32_t si;
+	struct kumo_delivery *d = answer_take(arg, &si);
+	if (!d || si >= d->l->queues.nsites)
 		return;
-	struct kumo_site *s = &l->queues.sites[si];
+	struct kumo_site *s = &d->l->queues.sites[si];
 	s->lease_pending = false;
 	if (granted && lease_id) {
 		snprintf(s->lease_ready, sizeof(s->lease_ready), "%s", lease_id);
@@ -1542,10 +1549,8 @@ static bool lease_in_hand(struct kumo_delivery *d, uint32_t si)
 
 static void provider_lease_answer(void *arg, bool granted, const char *lease_id)
 {
-	struct kumo_loop *l = ((void **)arg)[0];
-	uint32_t pi = (uint32_t)(uintptr_t)((void **)arg)[1];
-	free(arg);
-	struct kumo_delivery *d = l->dlv;
+	uint32_t pi;
+	struct kumo_delivery *d = answer_take(arg, &pi);
 	if (!d || pi >= d->providers.n)
 		return;
 	struct kumo_provider_budget *b = &d->providers.v[pi];
@@ -1653,9 +1658,8 @@ static void post_send(struct kumo_delivery *d, struct kumo_oconn *oc)
 
 static void token_answer(void *arg, bool allowed, uint64_t wait_ms)
 {
-	struct kumo_delivery *d = ((struct kumo_loop *)((void **)arg)[0])->dlv;
-	uint32_t si = (uint32_t)(uintptr_t)((void **)arg)[1];
-	free(arg);
+	uint32_t si;
+	struct kumo_delivery *d = answer_take(arg, &si);
 	if (!d || si >= d->l->queues.nsites)
 		return;
 	struct kumo_site *s = &d->l->queues.sites[si];
@@ -1687,9 +1691,8 @@ static bool shared_token(struct kumo_delivery *d, uint32_t si)
 
 static void provider_token_answer(void *arg, bool allowed, uint64_t wait_ms)
 {
-	struct kumo_delivery *d = ((struct kumo_loop *)((void **)arg)[0])->dlv;
-	uint32_t pi = (uint32_t)(uintptr_t)((void **)arg)[1];
-	free(arg);
+	uint32_t pi;
+	struct kumo_delivery *d = answer_take(arg, &pi);
 	if (!d || pi >= d->providers.n)
 		return;
 	struct kumo_provider_budget *b = &d->providers.v[pi];
